@@ -1,0 +1,1 @@
+"""The ``stopwise`` command line: a thin layer over the library."""

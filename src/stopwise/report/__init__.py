@@ -1,0 +1,1 @@
+"""Summaries, tables and HTML reports over trace sets and replay results."""
