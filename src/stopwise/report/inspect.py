@@ -12,7 +12,7 @@ from stopwise.traces.model import TraceSet
 def summarize(ts: TraceSet) -> dict[str, Any]:
     """A plain dict summary of ``ts`` (counts, fields, probes, accuracy, supported families)."""
     from stopwise.policies.registry import family_names, get_family
-    from stopwise.policies.voting import majority_vote_per_question
+    from stopwise.policies.voting import vote_rows
 
     n_tok = ts.column("n_tokens").astype(np.int64)
     out: dict[str, Any] = {
@@ -48,7 +48,7 @@ def summarize(ts: TraceSet) -> dict[str, Any]:
         per_q = np.bincount(qi, weights=correct, minlength=ts.n_questions) / np.maximum(ts.chain_counts, 1)
         out["accuracy_one_chain"] = float(per_q.mean())
         ref = ts.questions.column("reference_class").to_numpy()
-        vote = majority_vote_per_question(ts)
+        vote = vote_rows(ts.padded("answer_class", -1))
         out["accuracy_majority_vote"] = float(((vote == ref) & (vote >= 0)).mean())
     support = {}
     for name in family_names():

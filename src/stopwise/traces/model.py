@@ -139,6 +139,19 @@ class TraceSet:
         """For each chain, the row of its question."""
         return np.repeat(np.arange(self.n_questions), self.chain_counts)
 
+    @cached_property
+    def chain_rank(self) -> np.ndarray:
+        """For each chain, its index among its question's chains (draw order)."""
+        return np.arange(self.n_chains) - np.repeat(self.question_offsets[:-1], self.chain_counts)
+
+    def padded(self, name: str, fill: Any) -> np.ndarray:
+        """A scalar chain column as a (questions, max chains) matrix padded with ``fill``."""
+        values = self.column(name, fill=fill)
+        width = int(self.chain_counts.max()) if self.n_questions else 0
+        out = np.full((self.n_questions, width), fill, dtype=values.dtype if values.dtype != object else object)
+        out[self.question_index, self.chain_rank] = values
+        return out
+
     def column(self, name: str, fill: Any = None) -> np.ndarray:
         """A scalar chain column as numpy (nulls replaced by ``fill`` if given)."""
         col = self.chains.column(name)
