@@ -19,7 +19,7 @@ from rich.console import Console
 from stopwise import __version__
 from stopwise.errors import StopwiseError
 
-console = Console(highlight=False)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 
@@ -83,6 +83,174 @@ def inspect_cmd(dirs: tuple[Path, ...], json_out: Path | None) -> None:
         render_summary(console, s)
     if json_out:
         json_out.write_text(json.dumps(summaries, indent=2) + "\n")
+
+
+_risk = click.option("--risk", default="disagreement", show_default=True, type=click.Choice(["disagreement", "accuracy", "selective"]))
+_eps = click.option("--epsilon", default=0.05, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+_delta = click.option("--delta", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
+_seed = click.option("--seed", default=0, show_default=True, type=int)
+_traces = click.option("--traces", "traces", multiple=True, type=click.Path(path_type=Path), help="Trace-set directory (repeatable; default: the bundled sets).")
+
+
+@cli.command("bench")
+@_traces
+@_risk
+@_eps
+@_delta
+@_seed
+@click.option("--policy", "policies", multiple=True, help="Only these families (repeatable; default: all).")
+@click.option("--chain-mode", default="mean", show_default=True, type=click.Choice(["mean", "draw"]), help="Single-chain families on multi-chain sets: a question's loss is the mean over its chains (Hoeffding-Bentkus) or one chain drawn per question (binomial).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write an HTML report with Pareto plots here.")
+def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out, report_dir) -> None:  # noqa: ANN001
+    """Calibrate every applicable policy family per set and report certified savings on held-out questions."""
+    from rich.progress import Progress
+
+    from stopwise.bench import bench_set
+    from stopwise.cli.render import render_bench
+
+    sets = _load_sets(traces)
+    benches = []
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(sets))
+        for ts in sets:
+            sb = bench_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, seed=seed, chain_mode=chain_mode,
+                           progress=lambda msg: progress.update(task, description=msg))
+            benches.append(sb)
+            progress.advance(task)
+    render_bench(console, benches, risk=risk, epsilon=epsilon, delta=delta)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([r.to_dict() for sb in benches for r in sb.rows], indent=2) + "\n")
+        console.print(f"rows written to {json_out}")
+    if report_dir:
+        from stopwise.report.html import write_report
+
+        path = write_report(benches, report_dir)
+        console.print(f"report written to {path}")
+
+
+@cli.command("replay")
+@click.option("--traces", required=True, type=click.Path(path_type=Path))
+@click.option("--policy", "policy", required=True, help="Policy family name.")
+@_risk
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def replay_cmd(traces, policy, risk, json_out) -> None:  # noqa: ANN001
+    """Replay one family over a trace set: risk, tokens and chains at every grid point."""
+    from stopwise.calibrate import question_losses, unit_losses
+    from stopwise.cli.render import render_replay
+    from stopwise.policies.registry import get_family
+    from stopwise.traces import read_trace_set
+
+    ts = read_trace_set(traces)
+    fam = get_family(policy)
+    why = fam.supports(ts)
+    if why:
+        from stopwise.errors import UnsupportedError
+
+        raise UnsupportedError(f"policy '{policy}' cannot run on '{ts.name}': {why}")
+    res = fam.replay(ts)
+    q_loss, _, _ = question_losses(res, unit_losses(res, risk), ts.n_questions)
+    rows = []
+    for j, g in enumerate(res.grid):
+        rows.append({
+            "threshold": float(g), "risk": float(q_loss[:, j].mean()),
+            "tokens": int(res.tokens[:, j].sum()), "probe_tokens": int(res.probe_tokens[:, j].sum()),
+            "tokens_saved": float(1 - res.cost[:, j].sum() / max(res.cost_full.sum(), 1)),
+            "chains": int(res.chains[:, j].sum()), "abstained": int(res.abstained[:, j].sum()),
+        })
+    render_replay(console, ts.name, policy, risk, rows)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+@cli.command("calibrate")
+@click.option("--traces", required=True, type=click.Path(path_type=Path))
+@click.option("--policy", "policy", required=True, help="Policy family name.")
+@_risk
+@_eps
+@_delta
+@_seed
+@click.option("--guarantee", default="pac", show_default=True, type=click.Choice(["pac", "marginal"]), help="pac: Learn-then-Test (epsilon, delta); marginal: conformal risk control (expected loss).")
+@click.option("--chain-mode", default="mean", show_default=True, type=click.Choice(["mean", "draw"]))
+@click.option("--k-policies", default=1, show_default=True, type=click.IntRange(1), help="How many policies you will choose among on this data (certifies at delta/K).")
+@click.option("--all-questions", is_flag=True, help="Calibrate on every question instead of the hashed calibration half.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Policy file (JSON) to write.")
+def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_mode, k_policies, all_questions, out) -> None:  # noqa: ANN001
+    """Certify the most aggressive setting of a family and write a policy file."""
+    import numpy as np
+
+    from stopwise.calibrate import calibrate_family, policy_file
+    from stopwise.errors import UnsupportedError
+    from stopwise.policies.registry import get_family
+    from stopwise.stats.pvalues import min_certifiable_epsilon
+    from stopwise.stats.split import split_mask
+    from stopwise.traces import read_trace_set
+
+    ts = read_trace_set(traces)
+    fam = get_family(policy)
+    why = fam.supports(ts)
+    if why:
+        raise UnsupportedError(f"policy '{policy}' cannot run on '{ts.name}': {why}")
+    qids = ts.questions.column("question_id").to_pylist()
+    mask = np.ones(len(qids), bool) if all_questions else split_mask(qids)
+    res = fam.replay(ts)
+    cal = calibrate_family(res, mask, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k_policies,
+                           chain_mode=chain_mode, seed=seed, guarantee=guarantee)
+    doc = policy_file(fam, cal, ts, risk=risk, chain_mode=chain_mode)
+    doc["calibration_questions"] = "all" if all_questions else "hashed calibration half (stopwise.stats.split)"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    c = cal.certificate
+    min_eps = min_certifiable_epsilon(int(mask.sum()), delta / k_policies)
+    console.print(f"{ts.name}: smallest certifiable epsilon with {int(mask.sum())} questions at delta {delta}/{k_policies}: {min_eps:.3f}"
+                  + ("  [bold red](too small for the requested epsilon)[/]" if min_eps > epsilon else ""))
+    if c.certified:
+        console.print(f"[green]certified[/] {policy} at {fam.knob}={cal.threshold:g} (grid index {cal.index}): "
+                      f"{c.guarantee} risk<={epsilon} (empirical {c.empirical_risk:.4f}, n={c.n}, p={c.p_value if c.p_value is not None else float('nan'):.3g}); wrote {out}")
+    else:
+        console.print(f"[yellow]not certified[/]: even the safest setting of {policy} fails the test; the policy file falls back to full compute; wrote {out}")
+
+
+@cli.command("validate")
+@_traces
+@click.option("--policy", "policies", multiple=True, help="Only these families.")
+@click.option("--risk", default="disagreement", show_default=True, type=click.Choice(["disagreement", "accuracy"]))
+@_eps
+@_delta
+@_seed
+@click.option("--draws", default=500, show_default=True, type=click.IntRange(10))
+@click.option("--n-calibration", default=None, type=click.IntRange(1), help="Questions per calibration draw (default: half the set).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def validate_cmd(traces, policies, risk, epsilon, delta, seed, draws, n_calibration, json_out) -> None:  # noqa: ANN001
+    """Check the calibrator empirically: violation frequency over many calibration draws vs delta."""
+    from stopwise.calibrate import validate_family
+    from stopwise.cli.render import render_validate
+    from stopwise.policies.registry import family_names, get_family
+    from stopwise.stats.validate import ltt_calibrator, naive_calibrator, synthetic_population, validate_calibrator
+
+    rows = []
+    for ts in _load_sets(traces):
+        for name in policies or family_names():
+            fam = get_family(name)
+            if fam.supports(ts) or "abstain" in name:
+                continue
+            n = n_calibration or max(ts.n_questions // 2, 1)
+            if n > ts.n_questions:
+                continue
+            for row in validate_family(fam.replay(ts), ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n, draws=draws, seed=seed):
+                row["trace_set"] = ts.name
+                rows.append(row)
+    pop, true_risk = synthetic_population(600, 50, seed=seed)
+    for label, cal in (("synthetic-control:ltt", ltt_calibrator(epsilon, delta, "binomial")), ("synthetic-control:naive", naive_calibrator(epsilon))):
+        v = validate_calibrator(pop, 100, draws, cal, epsilon, delta, seed=seed).to_dict()
+        rows.append({"trace_set": "synthetic (closed-form risk)", "policy": label, "risk": "synthetic", "epsilon": epsilon, "delta": delta,
+                     "n_calibration": 100, "draws": draws, "violation_frequency": v["violation_frequency"], "ci_low": v["ci_low"],
+                     "ci_high": v["ci_high"], "consistent": bool(v["consistent"]), "p_value": v["p_value"], "method": "binomial"})
+    render_validate(console, rows)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 def _load_sets(dirs: tuple[Path, ...] | list[Path]) -> list:

@@ -44,3 +44,53 @@ def render_summary(console: Console, s: dict[str, Any]) -> None:
     if prov.get("tokenizer"):
         t.add_row("tokenizer", prov["tokenizer"])
     console.print(t)
+
+
+def _f(v: Any, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if pct:
+        return f"{100 * v:.1f}%"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def render_bench(console: Console, benches: list[Any], *, risk: str, epsilon: float, delta: float) -> None:
+    for sb in benches:
+        title = (f"{sb.trace_set}: {sb.n_questions} questions ({sb.n_calibration} calibration / {sb.n_test} test), "
+                 f"risk {risk} <= {epsilon} at delta {delta}; smallest certifiable epsilon {sb.min_epsilon:.3f}"
+                 + (" [TOO SMALL]" if sb.too_small else ""))
+        t = Table(title=title, title_justify="left")
+        for col in ("policy", "setting", "certified", "test risk", "acc full", "acc policy", "tokens saved", "chains saved", "oracle frac"):
+            t.add_column(col, justify="right" if col != "policy" else "left")
+        for r in sb.rows:
+            t.add_row(r.policy, _f(r.threshold), _f(r.certified), _f(r.test_risk, True), _f(r.accuracy_full, True),
+                      _f(r.accuracy_policy, True), _f(r.tokens_saved, True), _f(r.chains_saved, True), _f(r.oracle_fraction, True))
+        console.print(t)
+        o = sb.oracle
+        if o:
+            console.print("  epsilon-oracle (hindsight, test half): " + ", ".join(f"{k}-chain stops save {_f(v.get('saved'), True)}" for k, v in o.items()))
+        if sb.skipped:
+            console.print("  not applicable: " + "; ".join(f"{k} ({v})" for k, v in sb.skipped.items()), style="dim")
+
+
+def render_replay(console: Console, name: str, policy: str, risk: str, rows: list[dict[str, Any]]) -> None:
+    t = Table(title=f"{policy} on {name} (risk: {risk}, all questions)", title_justify="left")
+    for col in ("threshold", "risk", "tokens", "probe tokens", "tokens saved", "chains", "abstained"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(_f(r["threshold"]), _f(r["risk"], True), str(r["tokens"]), str(r["probe_tokens"]), _f(r["tokens_saved"], True), str(r["chains"]), str(r["abstained"]))
+    console.print(t)
+
+
+def render_validate(console: Console, rows: list[dict[str, Any]]) -> None:
+    t = Table(title="stopwise validate: how often the chosen setting's population risk exceeds epsilon", title_justify="left")
+    for col in ("trace set", "policy", "n cal", "draws", "violations", "95% CI", "consistent with delta"):
+        t.add_column(col, justify="left" if col in ("trace set", "policy") else "right")
+    for r in rows:
+        t.add_row(r["trace_set"], r["policy"], str(r["n_calibration"]), str(r["draws"]), _f(r["violation_frequency"], True),
+                  f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%", _f(r["consistent"]))
+    console.print(t)

@@ -1,0 +1,246 @@
+"""``stopwise bench``: every applicable family on every set, calibrated and tested.
+
+For each trace set: split questions by hashed id into calibration and test
+halves (:func:`stopwise.stats.split.split_mask`, the same everywhere); replay
+every family that the set supports; calibrate each on the calibration half at
+``delta / K`` (K = the number of families compared on that set, because a
+reader picks the best of them on the same data); evaluate the chosen setting on
+the test half: realized risk, accuracy, tokens saved net of probe cost, chains
+saved, and the fraction of the epsilon-oracle's savings it reaches.
+
+The epsilon-oracle is family-free: with hindsight, every unit may stop at any
+logged probe (single-chain families) or after any number of chains (multi-chain
+families), and the best total savings at a mean loss <= epsilon on the test
+half is reported (:func:`stopwise.oracle.epsilon_oracle`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from stopwise.calibrate import calibrate_family, question_losses, subset_result, unit_losses
+from stopwise.oracle import epsilon_oracle
+from stopwise.policies.base import MISSING, ReplayResult
+from stopwise.policies.registry import family_names, get_family
+from stopwise.policies.voting import vote_prefixes
+from stopwise.stats.pvalues import min_certifiable_epsilon
+from stopwise.stats.split import split_mask
+from stopwise.traces.model import TraceSet
+
+ROW_KEYS = (
+    "trace_set", "policy", "threshold", "certified", "guarantee", "epsilon", "delta",
+    "n_calibration", "test_risk", "accuracy_full", "accuracy_policy", "tokens_saved",
+    "chains_saved", "oracle_fraction",
+)
+
+
+@dataclass
+class BenchRow:
+    trace_set: str
+    policy: str
+    threshold: float | None
+    certified: bool
+    guarantee: str
+    epsilon: float
+    delta: float
+    n_calibration: int
+    test_risk: float
+    accuracy_full: float | None
+    accuracy_policy: float | None
+    tokens_saved: float
+    chains_saved: float
+    oracle_fraction: float | None
+    # extras (not in the stable key list)
+    risk: str = "disagreement"
+    k_policies: int = 1
+    n_test: int = 0
+    p_value: float | None = None
+    empirical_risk: float | None = None
+    oracle_saved: float | None = None
+    min_epsilon: float | None = None
+    settings: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SetBench:
+    """Bench outcome of one trace set: rows plus what the report plots."""
+
+    trace_set: str
+    n_questions: int
+    n_calibration: int
+    n_test: int
+    min_epsilon: float
+    too_small: bool
+    rows: list[BenchRow]
+    curves: dict[str, dict[str, Any]]
+    skipped: dict[str, str]
+    oracle: dict[str, dict[str, Any]]
+
+
+def question_mean(values: np.ndarray, unit_question: np.ndarray, n_questions: int) -> np.ndarray:
+    """Per-question mean of per-unit ``values`` (U, ...) for the questions that have units."""
+    counts = np.bincount(unit_question, minlength=n_questions)
+    sums = np.zeros((n_questions,) + values.shape[1:])
+    np.add.at(sums, unit_question, values)
+    has = counts > 0
+    return sums[has] / counts[has].reshape((-1,) + (1,) * (values.ndim - 1))
+
+
+def anywhere_result(ts: TraceSet, kind: str) -> ReplayResult:
+    """A family-free 'stop anywhere' replay: every probe (single) or every chain count (multi).
+
+    Oracle costs carry no probe tokens: an oracle knows where to stop without asking.
+    """
+    n_tok = ts.column("n_tokens").astype(np.int64)
+    final = ts.column("answer_class", fill=MISSING).astype(np.int64)
+    ref = ts.questions.column("reference_class").to_numpy().astype(np.int64)
+    if kind == "single":
+        offs, pos = ts.list_column("probe_position") if ts.has("probe_position") else (np.zeros(ts.n_chains + 1, np.int64), np.zeros(0))
+        _, cls = ts.list_column("probe_class") if ts.has("probe_class") else (None, np.zeros(0))
+        counts = np.diff(offs)
+        width = max(int(counts.max(initial=0)), 1)
+        answer = np.repeat(final[:, None], width, axis=1)
+        tokens = np.repeat(n_tok[:, None], width, axis=1)
+        row = np.repeat(np.arange(ts.n_chains), counts)
+        col = np.arange(len(pos)) - np.repeat(offs[:-1], counts)
+        answer[row, col] = cls
+        tokens[row, col] = pos
+        units = ts.question_index
+        zeros = np.zeros_like(tokens)
+        return ReplayResult(
+            family="oracle", grid=np.arange(width), unit="chain", unit_question=units,
+            answer=answer, abstained=np.zeros_like(answer, bool), tokens=tokens, probe_tokens=zeros,
+            latency=tokens, chains=np.ones_like(tokens), answer_full=final, tokens_full=n_tok,
+            probe_tokens_full=np.zeros_like(n_tok), latency_full=n_tok, chains_full=np.ones_like(n_tok),
+            correct_class=ref[units],
+        )
+    classes = ts.padded("answer_class", MISSING).astype(np.int64)
+    toks = ts.padded("n_tokens", 0).astype(np.int64)
+    width = classes.shape[1]
+    votes = vote_prefixes(classes).winner  # (Q, M): vote of the first k+1 chains
+    cum = np.cumsum(toks, axis=1)
+    counts = ts.chain_counts
+    full_answer = votes[np.arange(ts.n_questions), counts - 1]
+    full_tokens = cum[np.arange(ts.n_questions), counts - 1]
+    k = np.arange(1, width + 1)[None, :]
+    beyond = k > counts[:, None]
+    answer = np.where(beyond, full_answer[:, None], votes)
+    tokens = np.where(beyond, full_tokens[:, None], cum)
+    chains = np.where(beyond, counts[:, None], k)
+    lat = np.where(beyond, toks.max(axis=1)[:, None], np.maximum.accumulate(toks, axis=1))
+    return ReplayResult(
+        family="oracle", grid=np.arange(1, width + 1), unit="question", unit_question=np.arange(ts.n_questions),
+        answer=answer, abstained=np.zeros_like(answer, bool), tokens=tokens, probe_tokens=np.zeros_like(tokens),
+        latency=lat, chains=chains, answer_full=full_answer, tokens_full=full_tokens,
+        probe_tokens_full=np.zeros_like(full_tokens), latency_full=toks.max(axis=1), chains_full=counts.astype(np.int64),
+        correct_class=ref,
+    )
+
+
+def bench_set(
+    ts: TraceSet,
+    *,
+    families: Sequence[str] | None = None,
+    risk: str = "disagreement",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    seed: int = 0,
+    chain_mode: str = "mean",
+    progress: Callable[[str], None] | None = None,
+) -> SetBench:
+    """Calibrate every applicable family on the calibration half of ``ts`` and test it on the other half."""
+    qids = ts.questions.column("question_id").to_pylist()
+    calib = split_mask(qids)
+    test = ~calib
+    n_cal, n_test = int(calib.sum()), int(test.sum())
+    names = list(families) if families else family_names()
+    if risk == "selective":
+        names = [n for n in names if "abstain" in n]
+    fams, skipped = [], {}
+    for name in names:
+        fam = get_family(name)
+        why = fam.supports(ts)
+        if why is None and fam.kind == "multi" and int(ts.chain_counts.max(initial=0)) < 2:
+            why = "needs several chains per question (this set has one)"
+        if why is None and risk != "selective" and "abstain" in name:
+            why = "an abstention family: bench it with --risk selective"
+        if why is None and risk == "accuracy" and not ts.has("correct"):
+            why = "needs labels (correct) for the accuracy risk"
+        if why:
+            skipped[name] = why
+        else:
+            fams.append(fam)
+    k = max(len(fams), 1)
+    min_eps = min_certifiable_epsilon(max(n_cal, 1), delta / k, "binomial")
+    rows: list[BenchRow] = []
+    curves: dict[str, dict[str, Any]] = {}
+    oracles: dict[str, dict[str, Any]] = {}
+    for kind in ("single", "multi"):
+        if any(f.kind == kind for f in fams):
+            res = anywhere_result(ts, kind)
+            test_res = subset_result(res, test[res.unit_question])
+            oracles[kind] = epsilon_oracle(test_res, epsilon, unit_losses(test_res, "accuracy" if risk == "accuracy" else "disagreement"))
+    for fam in fams:
+        if progress:
+            progress(f"{ts.name}: {fam.name}")
+        res = fam.replay(ts)
+        cal = calibrate_family(res, calib, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k, chain_mode=chain_mode, seed=seed)
+        tres = subset_result(res, test[res.unit_question])
+        losses = unit_losses(tres, risk)
+        q_loss, _, _ = question_losses(tres, losses, ts.n_questions)
+        cost = tres.cost.astype(float)
+        cost_full = float(tres.cost_full.sum())
+        chains = tres.chains.astype(float)
+        chains_full = float(tres.chains_full.sum())
+        ref = tres.correct_class
+        has_labels = ts.has("correct") and (ref != MISSING).any()
+        correct = ((tres.answer == ref[:, None]) & ~tres.abstained & (ref[:, None] != MISSING)).astype(float)
+        correct_full = ((tres.answer_full == ref) & (ref != MISSING)).astype(float)
+        acc_curve = question_mean(correct, tres.unit_question, ts.n_questions).mean(axis=0) if has_labels else None
+        acc_full = float(question_mean(correct_full, tres.unit_question, ts.n_questions).mean()) if has_labels else None
+        j = cal.index
+        saved_curve = 1.0 - cost.sum(axis=0) / cost_full if cost_full > 0 else np.zeros(cost.shape[1])
+        if risk == "selective":
+            answered = question_mean((~tres.abstained).astype(float), tres.unit_question, ts.n_questions)
+            n_ans = answered.sum(axis=0)
+            risk_curve = np.where(n_ans > 0, q_loss.sum(axis=0) / np.maximum(n_ans, 1), 0.0)
+        else:
+            risk_curve = q_loss.mean(axis=0)
+        curves[fam.name] = {
+            "grid": res.grid.tolist(),
+            "cost_fraction": (1.0 - saved_curve).tolist(),
+            "accuracy": None if acc_curve is None else acc_curve.tolist(),
+            "risk": risk_curve.tolist(),
+            "accuracy_full": acc_full,
+            "certified_index": j,
+        }
+        oracle = oracles.get(fam.kind, {})
+        if j is None:
+            test_risk, tokens_saved, chains_saved = 0.0, 0.0, 0.0
+            acc_pol = acc_full
+        else:
+            test_risk = float(risk_curve[j])
+            tokens_saved = float(saved_curve[j])
+            chains_saved = float(1.0 - chains[:, j].sum() / chains_full) if chains_full > 0 else 0.0
+            acc_pol = None if acc_curve is None else float(acc_curve[j])
+        osaved = oracle.get("saved")
+        rows.append(
+            BenchRow(
+                trace_set=ts.name, policy=fam.name, threshold=cal.threshold, certified=cal.certified,
+                guarantee=cal.certificate.guarantee, epsilon=epsilon, delta=delta, n_calibration=n_cal,
+                test_risk=test_risk, accuracy_full=acc_full, accuracy_policy=acc_pol,
+                tokens_saved=tokens_saved, chains_saved=chains_saved,
+                oracle_fraction=(tokens_saved / osaved) if osaved and osaved > 0 else None,
+                risk=risk, k_policies=k, n_test=n_test, p_value=cal.certificate.p_value,
+                empirical_risk=cal.certificate.empirical_risk, oracle_saved=osaved, min_epsilon=min_eps,
+                settings=fam.settings(),
+            )
+        )
+    return SetBench(ts.name, ts.n_questions, n_cal, n_test, min_eps, min_eps > epsilon, rows, curves, skipped, oracles)

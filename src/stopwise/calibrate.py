@@ -1,0 +1,290 @@
+"""Certified calibration of a policy family on replayed traces.
+
+This is the glue between replay (per-unit decisions over a grid) and the
+statistics (:mod:`stopwise.stats`, which sees only loss arrays):
+
+1. losses per *unit* and grid point (:func:`unit_losses`);
+2. losses per *question* (:func:`question_losses`): the unit of calibration is
+   the question, never the chain. For single-chain families on multi-chain
+   sets, a question's loss is either the mean over its chains (then
+   Hoeffding-Bentkus p-values) or the loss of one chain drawn per question with
+   a recorded seed (then exact binomial p-values);
+3. Learn-then-Test with fixed-sequence testing from the safe end of the grid
+   (:func:`calibrate_family`), or conformal risk control on monotonized losses.
+
+Risks
+-----
+``disagreement``
+    The returned answer differs from the full-compute answer of the same
+    family, or is missing (a missing early answer is always a loss), or the
+    policy abstained. Needs no labels.
+``accuracy``
+    The full-compute answer is correct and the early answer is not. Needs labels.
+``selective``
+    Error rate among answered questions (abstentions excluded), for abstention
+    families. The grid is tested from the most abstaining setting towards the
+    least; each p-value is the exact binomial tail on the answered questions
+    (valid conditionally on which questions are answered). The abstention rate
+    is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stopwise.errors import ConfigError, UnknownNameError
+from stopwise.policies.base import MISSING, ReplayResult
+from stopwise.stats import Certificate, conformal_risk_control, learn_then_test
+from stopwise.stats.pvalues import binomial_pvalue
+from stopwise.stats.ltt import fixed_sequence
+
+RISKS = ("disagreement", "accuracy", "selective")
+CHAIN_MODES = ("mean", "draw")
+
+
+def unit_losses(result: ReplayResult, risk: str) -> np.ndarray:
+    """The (U, G) 0/1 loss of every unit at every grid point for ``risk``."""
+    if risk == "disagreement":
+        ans = result.answer
+        return ((ans != result.answer_full[:, None]) | (ans == MISSING) | result.abstained).astype(np.float64)
+    if risk == "accuracy":
+        ref = result.correct_class[:, None]
+        full_ok = (result.answer_full[:, None] == ref) & (ref != MISSING)
+        early_ok = (result.answer == ref) & ~result.abstained & (ref != MISSING)
+        return (full_ok & ~early_ok).astype(np.float64)
+    if risk == "selective":
+        ref = result.correct_class[:, None]
+        wrong = (result.answer != ref) | (ref == MISSING) | (result.answer == MISSING)
+        return (wrong & ~result.abstained).astype(np.float64)
+    raise UnknownNameError("risk", risk, RISKS)
+
+
+def question_losses(
+    result: ReplayResult,
+    losses: np.ndarray,
+    n_questions: int,
+    *,
+    chain_mode: str = "mean",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Aggregate unit losses to one row per question.
+
+    Returns
+    -------
+    (losses, questions, method)
+        ``losses`` (Q', G) for the Q' questions that have units, ``questions``
+        their row indices, and the p-value method that is valid for them:
+        "binomial" when every row is 0/1 (one unit per question, or
+        ``chain_mode="draw"``), "hb" otherwise.
+    """
+    if chain_mode not in CHAIN_MODES:
+        raise UnknownNameError("chain mode", chain_mode, CHAIN_MODES)
+    uq = result.unit_question
+    counts = np.bincount(uq, minlength=n_questions)
+    questions = np.flatnonzero(counts > 0)
+    if result.unit == "question" or counts.max(initial=0) <= 1:
+        order = np.argsort(uq, kind="stable")
+        return losses[order], uq[order], "binomial"
+    if chain_mode == "draw":
+        rng = np.random.default_rng(seed)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        order = np.argsort(uq, kind="stable")
+        pick = offsets[questions] + rng.integers(0, counts[questions])
+        return losses[order[pick]], questions, "binomial"
+    sums = np.zeros((n_questions, losses.shape[1]))
+    np.add.at(sums, uq, losses)
+    return sums[questions] / counts[questions][:, None], questions, "hb"
+
+
+@dataclass
+class Calibration:
+    """The outcome of calibrating one family on one calibration split."""
+
+    family: str
+    risk: str
+    index: int | None
+    threshold: float | None
+    certificate: Certificate
+    p_values: np.ndarray
+    risks: np.ndarray
+    coverage: np.ndarray | None = None  # share answered per grid point (selective risk)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def certified(self) -> bool:
+        return self.certificate.certified
+
+
+def calibrate_losses(
+    losses: np.ndarray,
+    *,
+    risk: str,
+    epsilon: float,
+    delta: float,
+    method: str,
+    k_policies: int = 1,
+    guarantee: str = "pac",
+    answered: np.ndarray | None = None,
+) -> tuple[int | None, Certificate, np.ndarray, np.ndarray]:
+    """Choose a grid index from per-question losses (Q, G); returns (index, certificate, p-values, risks)."""
+    if guarantee == "marginal":
+        if risk == "selective":
+            raise ConfigError("conformal risk control is not offered for the selective risk", hint="use --guarantee pac")
+        res = conformal_risk_control(losses, epsilon)
+        return res.index, res.certificate, np.full(losses.shape[1], np.nan), res.risks
+    if guarantee != "pac":
+        raise UnknownNameError("guarantee", guarantee, ("pac", "marginal"))
+    if risk != "selective":
+        res = learn_then_test(losses, epsilon, delta, method=method, k_policies=k_policies)
+        return res.index, res.certificate, res.p_values, res.risks
+    # selective risk: test from the most abstaining setting (last column) towards the least
+    if answered is None:
+        raise ConfigError("selective risk needs the answered mask")
+    n_ans = answered.sum(axis=0)
+    k = losses.sum(axis=0)
+    risks = np.where(n_ans > 0, k / np.maximum(n_ans, 1), 0.0)
+    level = delta / k_policies
+    p = np.array([binomial_pvalue(r, int(n), epsilon) if n > 0 else 1.0 for r, n in zip(risks, n_ans)])
+    order = np.arange(losses.shape[1])[::-1]
+    last = fixed_sequence(p[order], level)
+    index = None if last is None else int(order[last])
+    j = index if index is not None else int(order[0])
+    cert = Certificate(
+        guarantee="pac", epsilon=float(epsilon), delta=float(delta), delta_per_test=float(level),
+        k_policies=int(k_policies), n=int(losses.shape[0]), empirical_risk=float(risks[j]),
+        p_value=float(p[j]), certified=index is not None, index=index, method="binomial",
+    )
+    return index, cert, p, risks
+
+
+def calibrate_family(
+    result: ReplayResult,
+    calib_questions: np.ndarray,
+    n_questions: int,
+    *,
+    risk: str = "disagreement",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    k_policies: int = 1,
+    chain_mode: str = "mean",
+    seed: int = 0,
+    guarantee: str = "pac",
+) -> Calibration:
+    """Calibrate a replayed family on the questions in ``calib_questions`` (a boolean mask over questions)."""
+    losses = unit_losses(result, risk)
+    keep = calib_questions[result.unit_question]
+    sub = _subset(result, keep)
+    q_losses, _, method = question_losses(sub, losses[keep], n_questions, chain_mode=chain_mode, seed=seed)
+    answered = None
+    coverage = None
+    if risk == "selective":
+        if sub.unit != "question":
+            raise ConfigError("the selective risk applies to multi-chain (per-question) families")
+        answered = ~sub.abstained[np.argsort(sub.unit_question, kind="stable")]
+        coverage = answered.mean(axis=0) if len(answered) else None
+    index, cert, p, risks = calibrate_losses(
+        q_losses, risk=risk, epsilon=epsilon, delta=delta, method=method,
+        k_policies=k_policies, guarantee=guarantee, answered=answered,
+    )
+    threshold = None if index is None else float(result.grid[index])
+    return Calibration(result.family, risk, index, threshold, cert, p, risks, coverage)
+
+
+def _subset(result: ReplayResult, keep: np.ndarray) -> ReplayResult:
+    """The units of ``result`` selected by the boolean mask ``keep``."""
+    kw: dict[str, Any] = {}
+    for name, value in vars(result).items():
+        if isinstance(value, np.ndarray) and value.shape[:1] == keep.shape and name != "grid":
+            kw[name] = value[keep]
+        else:
+            kw[name] = value
+    return ReplayResult(**kw)
+
+
+subset_result = _subset
+
+
+# --- policy files ---------------------------------------------------------------------
+
+POLICY_FILE_VERSION = 1
+
+
+def policy_file(family: Any, calibration: Calibration, ts: Any, *, risk: str, chain_mode: str) -> dict[str, Any]:
+    """The JSON document ``stopwise calibrate`` writes: family, settings, certificate, scope."""
+    prov = ts.provenance
+    return {
+        "format": "stopwise-policy",
+        "version": POLICY_FILE_VERSION,
+        "family": family.name,
+        "kind": family.kind,
+        "settings": family.settings(),
+        "knob": family.knob,
+        "grid": [float(x) for x in family.grid],
+        "index": calibration.index,
+        "threshold": calibration.threshold,
+        "risk": risk,
+        "chain_mode": chain_mode,
+        "certificate": calibration.certificate.to_dict(),
+        "trace_set": {"name": ts.name, "content_hash": ts.content_hash, "questions": ts.n_questions, "chains": ts.n_chains},
+        "conditions": {
+            "model": prov.model,
+            "model_sha256": prov.model_sha256,
+            "tokenizer": prov.tokenizer,
+            "chat_template": prov.chat_template,
+            "sampling": prov.sampling,
+            "forcing_string": prov.forcing_string,
+            "probe_schedule": prov.probe_schedule,
+            "logprob_convention": prov.logprob_convention,
+        },
+    }
+
+
+# --- empirical validation ---------------------------------------------------------------
+
+
+def population_losses(result: ReplayResult, n_questions: int, risk: str) -> tuple[np.ndarray, str]:
+    """Per-question losses over the whole set (the population) and their valid p-value method."""
+    losses, _, method = question_losses(result, unit_losses(result, risk), n_questions)
+    return losses, method
+
+
+def validate_family(
+    result: ReplayResult,
+    n_questions: int,
+    *,
+    risk: str = "disagreement",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    n_calibration: int | None = None,
+    draws: int = 500,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Check LTT on a family empirically, with the naive calibrator as a negative control.
+
+    The whole set is the population; each draw calibrates on ``n_calibration``
+    questions and the chosen setting's exact population risk is compared with
+    epsilon. Returns one row for LTT and one for the naive control.
+    """
+    from stopwise.stats.validate import ltt_calibrator, naive_calibrator, validate_calibrator
+
+    if risk == "selective":
+        raise ConfigError("validate supports the disagreement and accuracy risks", hint="use --risk disagreement or accuracy")
+    pop, method = population_losses(result, n_questions, risk)
+    n = n_calibration or max(len(pop) // 2, 1)
+    if n > len(pop):
+        raise ConfigError(f"--n-calibration {n} exceeds the {len(pop)} questions of the set")
+    rows = []
+    for label, cal in ((result.family, ltt_calibrator(epsilon, delta, method)), (f"naive-control:{result.family}", naive_calibrator(epsilon))):
+        v = validate_calibrator(pop, n, draws, cal, epsilon, delta, seed=seed)
+        d = v.to_dict()
+        rows.append({
+            "policy": label, "risk": risk, "epsilon": epsilon, "delta": delta, "n_calibration": n,
+            "draws": draws, "violation_frequency": d["violation_frequency"], "ci_low": d["ci_low"],
+            "ci_high": d["ci_high"], "consistent": bool(d["consistent"]), "p_value": d["p_value"],
+            "uncertified_draws": d.get("uncertified"), "max_population_risk": float(pop.mean(axis=0).max()),
+            "method": method,
+        })
+    return rows
