@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.calibrate import calibrate_family, question_losses, subset_result, unit_losses
+from stopwise.calibrate import calibrate_family, question_losses, subset_result
+from stopwise.policies.base import unit_losses
 from stopwise.oracle import epsilon_oracle
 from stopwise.policies.base import MISSING, ReplayResult
 from stopwise.policies.registry import family_names, get_family

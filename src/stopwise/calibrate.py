@@ -36,30 +36,12 @@ from typing import Any
 import numpy as np
 
 from stopwise.errors import ConfigError, UnknownNameError
-from stopwise.policies.base import MISSING, ReplayResult
+from stopwise.policies.base import RISKS, ReplayResult, unit_losses
 from stopwise.stats import Certificate, conformal_risk_control, learn_then_test
 from stopwise.stats.pvalues import binomial_pvalue
 from stopwise.stats.ltt import fixed_sequence
 
-RISKS = ("disagreement", "accuracy", "selective")
 CHAIN_MODES = ("mean", "draw")
-
-
-def unit_losses(result: ReplayResult, risk: str) -> np.ndarray:
-    """The (U, G) 0/1 loss of every unit at every grid point for ``risk``."""
-    if risk == "disagreement":
-        ans = result.answer
-        return ((ans != result.answer_full[:, None]) | (ans == MISSING) | result.abstained).astype(np.float64)
-    if risk == "accuracy":
-        ref = result.correct_class[:, None]
-        full_ok = (result.answer_full[:, None] == ref) & (ref != MISSING)
-        early_ok = (result.answer == ref) & ~result.abstained & (ref != MISSING)
-        return (full_ok & ~early_ok).astype(np.float64)
-    if risk == "selective":
-        ref = result.correct_class[:, None]
-        wrong = (result.answer != ref) | (ref == MISSING) | (result.answer == MISSING)
-        return (wrong & ~result.abstained).astype(np.float64)
-    raise UnknownNameError("risk", risk, RISKS)
 
 
 def question_losses(

@@ -137,7 +137,8 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def replay_cmd(traces, policy, risk, json_out) -> None:  # noqa: ANN001
     """Replay one family over a trace set: risk, tokens and chains at every grid point."""
-    from stopwise.calibrate import question_losses, unit_losses
+    from stopwise.calibrate import question_losses
+    from stopwise.policies.base import unit_losses
     from stopwise.cli.render import render_replay
     from stopwise.policies.registry import get_family
     from stopwise.traces import read_trace_set

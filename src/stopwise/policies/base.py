@@ -239,3 +239,32 @@ class Family(abc.ABC):
         if missing:
             return f"needs {', '.join(missing)}"
         return None
+
+
+RISKS = ("disagreement", "accuracy", "selective")
+
+
+def unit_losses(result: ReplayResult, risk: str) -> np.ndarray:
+    """The (U, G) 0/1 loss of every unit at every grid point for ``risk``.
+
+    ``disagreement``: the answer differs from the full-compute answer, or is
+    missing (a missing early answer is always a loss), or the unit abstained.
+    ``accuracy``: the full-compute answer is correct and the early one is not.
+    ``selective``: the unit answered and the answer is wrong (abstentions are
+    no loss; the selective risk divides by the number answered).
+    """
+    if risk == "disagreement":
+        ans = result.answer
+        return ((ans != result.answer_full[:, None]) | (ans == MISSING) | result.abstained).astype(np.float64)
+    if risk == "accuracy":
+        ref = result.correct_class[:, None]
+        full_ok = (result.answer_full[:, None] == ref) & (ref != MISSING)
+        early_ok = (result.answer == ref) & ~result.abstained & (ref != MISSING)
+        return (full_ok & ~early_ok).astype(np.float64)
+    if risk == "selective":
+        ref = result.correct_class[:, None]
+        wrong = (result.answer != ref) | (ref == MISSING) | (result.answer == MISSING)
+        return (wrong & ~result.abstained).astype(np.float64)
+    from stopwise.errors import UnknownNameError
+
+    raise UnknownNameError("risk", risk, RISKS)
