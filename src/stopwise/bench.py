@@ -145,6 +145,67 @@ def anywhere_result(ts: TraceSet, kind: str) -> ReplayResult:
     )
 
 
+def applicable_families(ts: TraceSet, families: Sequence[str] | None, risk: str) -> tuple[list[Any], dict[str, str]]:
+    """The families (built with default settings) that can run on ``ts`` for ``risk``, and why the others cannot."""
+    names = list(families) if families else family_names()
+    if risk == "selective":
+        names = [n for n in names if "abstain" in n]
+    fams, skipped = [], {}
+    for name in names:
+        fam = get_family(name)
+        why = fam.supports(ts)
+        if why is None and fam.kind == "multi" and int(ts.chain_counts.max(initial=0)) < 2:
+            why = "needs several chains per question (this set has one)"
+        if why is None and risk != "selective" and "abstain" in name:
+            why = "an abstention family: bench it with --risk selective"
+        if why is None and risk in ("accuracy", "selective") and not ts.has("correct"):
+            why = f"needs labels (correct) for the {risk} risk"
+        if why:
+            skipped[name] = why
+        else:
+            fams.append(fam)
+    return fams, skipped
+
+
+def validate_set(
+    ts: TraceSet,
+    *,
+    families: Sequence[str] | None = None,
+    risk: str = "disagreement",
+    epsilon: float = 0.05,
+    delta: float = 0.1,
+    n_calibration: int | None = None,
+    draws: int = 500,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``stopwise validate`` on one set: LTT and the naive control for every applicable family."""
+    from stopwise.calibrate import validate_family
+
+    fams, _ = applicable_families(ts, families, risk)
+    n = n_calibration or max(ts.n_questions // 2, 1)
+    rows: list[dict[str, Any]] = []
+    if n > ts.n_questions:
+        return rows
+    for fam in fams:
+        for row in validate_family(fam.replay(ts), ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n, draws=draws, seed=seed):
+            rows.append({"trace_set": ts.name, **row})
+    return rows
+
+
+def validate_controls(*, epsilon: float, delta: float, draws: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Synthetic losses with a closed-form risk: LTT must hold, the naive calibrator must violate."""
+    from stopwise.stats.validate import ltt_calibrator, naive_calibrator, synthetic_population, validate_calibrator
+
+    pop, _ = synthetic_population(600, 50, seed=seed)
+    rows = []
+    for label, cal in (("synthetic-control:ltt", ltt_calibrator(epsilon, delta, "binomial")), ("synthetic-control:naive", naive_calibrator(epsilon))):
+        v = validate_calibrator(pop, 100, draws, cal, epsilon, delta, seed=seed).to_dict()
+        rows.append({"trace_set": "synthetic (closed-form risk)", "policy": label, "risk": "synthetic", "epsilon": epsilon, "delta": delta,
+                     "n_calibration": 100, "draws": draws, "violation_frequency": v["violation_frequency"], "ci_low": v["ci_low"],
+                     "ci_high": v["ci_high"], "consistent": bool(v["consistent"]), "p_value": v["p_value"], "method": "binomial"})
+    return rows
+
+
 def bench_set(
     ts: TraceSet,
     *,
@@ -161,23 +222,7 @@ def bench_set(
     calib = split_mask(qids)
     test = ~calib
     n_cal, n_test = int(calib.sum()), int(test.sum())
-    names = list(families) if families else family_names()
-    if risk == "selective":
-        names = [n for n in names if "abstain" in n]
-    fams, skipped = [], {}
-    for name in names:
-        fam = get_family(name)
-        why = fam.supports(ts)
-        if why is None and fam.kind == "multi" and int(ts.chain_counts.max(initial=0)) < 2:
-            why = "needs several chains per question (this set has one)"
-        if why is None and risk != "selective" and "abstain" in name:
-            why = "an abstention family: bench it with --risk selective"
-        if why is None and risk == "accuracy" and not ts.has("correct"):
-            why = "needs labels (correct) for the accuracy risk"
-        if why:
-            skipped[name] = why
-        else:
-            fams.append(fam)
+    fams, skipped = applicable_families(ts, families, risk)
     k = max(len(fams), 1)
     min_eps = min_certifiable_epsilon(max(n_cal, 1), delta / k, "binomial")
     rows: list[BenchRow] = []

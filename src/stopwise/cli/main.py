@@ -225,29 +225,13 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def validate_cmd(traces, policies, risk, epsilon, delta, seed, draws, n_calibration, json_out) -> None:  # noqa: ANN001
     """Check the calibrator empirically: violation frequency over many calibration draws vs delta."""
-    from stopwise.calibrate import validate_family
+    from stopwise.bench import validate_controls, validate_set
     from stopwise.cli.render import render_validate
-    from stopwise.policies.registry import family_names, get_family
-    from stopwise.stats.validate import ltt_calibrator, naive_calibrator, synthetic_population, validate_calibrator
 
     rows = []
     for ts in _load_sets(traces):
-        for name in policies or family_names():
-            fam = get_family(name)
-            if fam.supports(ts) or "abstain" in name:
-                continue
-            n = n_calibration or max(ts.n_questions // 2, 1)
-            if n > ts.n_questions:
-                continue
-            for row in validate_family(fam.replay(ts), ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n, draws=draws, seed=seed):
-                row["trace_set"] = ts.name
-                rows.append(row)
-    pop, true_risk = synthetic_population(600, 50, seed=seed)
-    for label, cal in (("synthetic-control:ltt", ltt_calibrator(epsilon, delta, "binomial")), ("synthetic-control:naive", naive_calibrator(epsilon))):
-        v = validate_calibrator(pop, 100, draws, cal, epsilon, delta, seed=seed).to_dict()
-        rows.append({"trace_set": "synthetic (closed-form risk)", "policy": label, "risk": "synthetic", "epsilon": epsilon, "delta": delta,
-                     "n_calibration": 100, "draws": draws, "violation_frequency": v["violation_frequency"], "ci_low": v["ci_low"],
-                     "ci_high": v["ci_high"], "consistent": bool(v["consistent"]), "p_value": v["p_value"], "method": "binomial"})
+        rows += validate_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n_calibration, draws=draws, seed=seed)
+    rows += validate_controls(epsilon=epsilon, delta=delta, draws=draws, seed=seed)
     render_validate(console, rows)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ from stopwise.policies.base import (
     Stop,
     Tokens,
 )
-from stopwise.policies.voting import tally, vote, vote_prefixes, vote_rows
+from stopwise.policies.voting import PrefixVotes, tally, vote, vote_prefixes, vote_rows
 
 __all__ = [
     "ESC",
@@ -130,7 +130,8 @@ class ChainMatrix:
         return np.maximum.accumulate(self.n_tokens, axis=1)
 
     @cached_property
-    def votes(self):  # noqa: ANN201 - PrefixVotes
+    def votes(self) -> PrefixVotes:
+        """Unweighted votes over every prefix of every question's chains."""
         return vote_prefixes(self.klass)
 
     def at(self, matrix: np.ndarray, m: np.ndarray, empty=0) -> np.ndarray:  # noqa: ANN001

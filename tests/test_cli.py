@@ -1,0 +1,109 @@
+"""The CLI end to end through its entry point, on bundled real sets."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stopwise.data import bundled_path, bundled_paths
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("STOPWISE_UPDATE_GOLDEN") == "1"
+
+
+def run(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "stopwise.cli.main", *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"stopwise {' '.join(map(str, args))} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def test_bundled_sets_are_present():
+    names = {p.name for p in bundled_paths()}
+    assert {"qwq_gsm8k", "r1_gsm8k", "dsq_gsm8k", "qwen25math_math100"} <= names
+    assert len(names) >= 15
+
+
+def test_inspect_reports_text_probes_and_first_candidate(tmp_path):
+    out = tmp_path / "inspect.json"
+    r = run("inspect", bundled_path("qwq_gsm8k"), bundled_path("r1_gsm8k"), "--json", out)
+    assert "first candidate answer" in r.stdout and "probes per chain" in r.stdout
+    summaries = json.loads(out.read_text())
+    for s in summaries:
+        assert s["questions"] == 582 and s["chains"] == 582
+        assert s["probes_per_chain"]["median"] > 5
+        assert 0.0 < s["first_candidate_share"]["median"] < 1.0
+        assert s["accuracy_one_chain"] > 0.9
+        assert s["families"]["first_candidate"] == "yes"
+
+
+def _rounded(rows):
+    out = []
+    for r in rows:
+        out.append({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    return out
+
+
+@pytest.mark.parametrize("name", ["qwq_gsm8k", "qwen25math_math100"])
+def test_bench_golden(tmp_path, name):
+    """The bench rows on a bundled set with a fixed seed match the golden file."""
+    out = tmp_path / "rows.json"
+    report = tmp_path / "report"
+    r = run("bench", "--traces", bundled_path(name), "--seed", "0", "--json", out, "--report", report)
+    assert name in r.stdout
+    rows = _rounded(json.loads(out.read_text()))
+    keys = {"trace_set", "policy", "threshold", "certified", "guarantee", "epsilon", "delta", "n_calibration",
+            "test_risk", "accuracy_full", "accuracy_policy", "tokens_saved", "chains_saved", "oracle_fraction"}
+    assert rows and all(keys <= set(row) for row in rows)
+    assert (report / "index.html").is_file() and (report / f"{name}.png").stat().st_size > 1000
+    golden = GOLDEN / f"bench_{name}.json"
+    if UPDATE or not golden.exists():
+        if not UPDATE:
+            pytest.fail(f"golden file {golden} missing; run with STOPWISE_UPDATE_GOLDEN=1 to create it")
+        golden.write_text(json.dumps(rows, indent=1) + "\n")
+    assert rows == json.loads(golden.read_text())
+
+
+def test_bench_certifies_on_qwq_and_never_exceeds_full_tokens(tmp_path):
+    out = tmp_path / "rows.json"
+    run("bench", "--traces", bundled_path("qwq_gsm8k"), "--json", out)
+    rows = {r["policy"]: r for r in json.loads(out.read_text())}
+    assert rows["first_candidate"]["certified"]
+    assert rows["first_candidate"]["tokens_saved"] > 0.1
+    for r in rows.values():
+        assert r["tokens_saved"] <= 1.0 and r["n_calibration"] > 250
+
+
+def test_calibrate_writes_policy_file_and_replay(tmp_path):
+    pf = tmp_path / "policy.json"
+    r = run("calibrate", "--traces", bundled_path("r1_gsm8k"), "--policy", "answer_convergence", "--epsilon", "0.05", "--out", pf)
+    assert "smallest certifiable epsilon" in r.stdout
+    doc = json.loads(pf.read_text())
+    assert doc["family"] == "answer_convergence" and doc["certificate"]["guarantee"] == "pac"
+    assert doc["certificate"]["n"] > 250 and doc["trace_set"]["content_hash"]
+    assert set(doc["conditions"]) >= {"model", "tokenizer", "sampling", "forcing_string", "probe_schedule", "logprob_convention"}
+    r = run("replay", "--traces", bundled_path("r1_gsm8k"), "--policy", "answer_convergence")
+    assert "tokens saved" in r.stdout
+
+
+def test_unknown_policy_and_unsupported_policy_exit_2(tmp_path):
+    r = run("calibrate", "--traces", bundled_path("r1_gsm8k"), "--policy", "answer_convergnce", "--out", tmp_path / "p.json", check=False)
+    assert r.returncode == 2 and "did you mean 'answer_convergence'" in r.stderr
+    r = run("replay", "--traces", bundled_path("r1_gsm8k"), "--policy", "deepconf_online", check=False)
+    assert r.returncode == 2 and "token_confidence" in r.stderr
+    r = run("inspect", tmp_path / "nope", check=False)
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_validate_json_rows(tmp_path):
+    out = tmp_path / "v.json"
+    run("validate", "--traces", bundled_path("qwq_math52"), "--draws", "200", "--json", out)
+    rows = json.loads(out.read_text())
+    keys = {"policy", "risk", "epsilon", "delta", "n_calibration", "draws", "violation_frequency", "ci_low", "ci_high", "consistent"}
+    assert all(keys <= set(r) for r in rows)
+    naive = [r for r in rows if r["policy"].startswith("naive-control") or r["policy"] == "synthetic-control:naive"]
+    assert any(not r["consistent"] for r in naive)
+    assert all(r["consistent"] for r in rows if r["policy"] in ("first_candidate", "answer_convergence", "token_budget", "synthetic-control:ltt"))
