@@ -154,8 +154,6 @@ def applicable_families(ts: TraceSet, families: Sequence[str] | None, risk: str)
     for name in names:
         fam = get_family(name)
         why = fam.supports(ts)
-        if why is None and fam.kind == "multi" and int(ts.chain_counts.max(initial=0)) < 2:
-            why = "needs several chains per question (this set has one)"
         if why is None and risk != "selective" and "abstain" in name:
             why = "an abstention family: bench it with --risk selective"
         if why is None and risk in ("accuracy", "selective") and not ts.has("correct"):

@@ -238,6 +238,8 @@ class Family(abc.ABC):
         missing = [c for c in self.requires if not ts.has(c)]
         if missing:
             return f"needs {', '.join(missing)}"
+        if self.kind == "multi" and ts.n_questions and int(ts.chain_counts.max()) < 2:
+            return "needs several chains per question (this set has one)"
         return None
 
 
