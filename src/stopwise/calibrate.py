@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from stopwise.errors import ConfigError, UnknownNameError
-from stopwise.policies.base import RISKS, ReplayResult, unit_losses
+from stopwise.policies.base import ReplayResult, unit_losses
 from stopwise.stats import Certificate, conformal_risk_control, learn_then_test
 from stopwise.stats.pvalues import binomial_pvalue
 from stopwise.stats.ltt import fixed_sequence

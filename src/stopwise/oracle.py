@@ -38,6 +38,7 @@ import numpy as np
 from stopwise.errors import ConfigError, UnknownNameError
 from stopwise.policies.base import MISSING, ReplayResult, unit_losses
 from stopwise.policies.single import probe_arrays
+from stopwise.policies.voting import vote_prefixes
 
 __all__ = [
     "LOSSES",
@@ -96,23 +97,9 @@ def majority_prefix(classes: np.ndarray) -> np.ndarray:
     [2, 2, 1, 1, 2, 2]
     """
     classes = np.asarray(classes, dtype=np.int64)
-    n = len(classes)
-    if n == 0:
+    if len(classes) == 0:
         return np.zeros(0, dtype=np.int64)
-    valid = classes != MISSING
-    if not valid.any():
-        return np.full(n, MISSING, dtype=np.int64)
-    labels, inv = np.unique(classes[valid], return_inverse=True)
-    onehot = np.zeros((n, len(labels)), dtype=np.int64)
-    onehot[np.flatnonzero(valid), inv] = 1
-    counts = np.cumsum(onehot, axis=0)
-    first = np.full(len(labels), n, dtype=np.int64)
-    np.minimum.at(first, inv, np.flatnonzero(valid))
-    # higher count wins; among equal counts the earlier first vote wins
-    score = counts * (n + 1) - first[None, :]
-    winner = labels[np.argmax(score, axis=1)]
-    seen = np.cumsum(valid) > 0
-    return np.where(seen, winner, MISSING)
+    return vote_prefixes(classes[None, :]).winner[0].astype(np.int64)
 
 
 def vote_oracle_chains(ts) -> np.ndarray:  # noqa: ANN001
@@ -125,14 +112,14 @@ def vote_oracle_chains(ts) -> np.ndarray:  # noqa: ANN001
     -------
     numpy.ndarray of int64, shape (n_questions,)
     """
-    final = np.asarray(ts.column("answer_class", fill=MISSING), dtype=np.int64)
-    offsets = ts.question_offsets
     out = np.zeros(ts.n_questions, dtype=np.int64)
-    for q in range(ts.n_questions):
-        votes = majority_prefix(final[offsets[q] : offsets[q + 1]])
-        if len(votes) == 0:
+    if ts.n_chains == 0:
+        return out
+    votes = vote_prefixes(ts.padded("answer_class", MISSING).astype(np.int64)).winner
+    for q, n in enumerate(ts.chain_counts.tolist()):
+        if n == 0:
             continue
-        differs = np.flatnonzero(votes != votes[-1])
+        differs = np.flatnonzero(votes[q, :n] != votes[q, n - 1])
         out[q] = 1 if len(differs) == 0 else int(differs[-1]) + 2
     return out
 

@@ -6,7 +6,6 @@ becomes one line on stderr and exit status 2.
 
 from __future__ import annotations
 
-import functools
 import json
 import shlex
 import sys
