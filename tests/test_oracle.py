@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from stopwise.errors import ConfigError, UnknownNameError
@@ -17,8 +16,8 @@ from stopwise.oracle import (
 )
 from stopwise.policies.base import ReplayResult
 from stopwise.policies.registry import get_family
-from stopwise.traces.model import Provenance, TraceSet
-from stopwise.traces.schema import CHAIN_COLUMNS, CHAIN_SCHEMA, QUESTION_SCHEMA
+from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
+from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 from stopwise.traces.synthetic import synthetic_trace_set
 
 
@@ -40,9 +39,7 @@ def make_ts(questions: list[list[tuple[int, int, list[tuple[int, int]] | None]]]
                 )
             for k in CHAIN_COLUMNS:
                 rows[k].append(rec[k])
-    qt = pa.Table.from_pydict(q_rows, schema=QUESTION_SCHEMA)
-    ct = pa.Table.from_pydict({k: pa.array(v, type=CHAIN_COLUMNS[k][0]) for k, v in rows.items()}, schema=CHAIN_SCHEMA)
-    return TraceSet(name="oracle", questions=qt, chains=ct, provenance=Provenance(source="test"))
+    return trace_set_from_columns("oracle", q_rows, rows, Provenance(source="test"))
 
 
 # --- (a) chains --------------------------------------------------------------------------

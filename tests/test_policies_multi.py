@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,26 +23,11 @@ from stopwise.policies.multi import (
     percentile_rows,
 )
 from stopwise.replay.reference import run_reference
-from stopwise.traces.model import Provenance, TraceSet
-from stopwise.traces.schema import CHAIN_COLUMNS, CHAIN_SCHEMA, QUESTION_SCHEMA
+from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
+from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 from stopwise.traces.synthetic import synthetic_trace_set
 
-FIELDS = (
-    "answer",
-    "abstained",
-    "tokens",
-    "probe_tokens",
-    "latency",
-    "chains",
-    "answer_full",
-    "tokens_full",
-    "probe_tokens_full",
-    "latency_full",
-    "chains_full",
-    "correct_class",
-    "unit_question",
-)
-
+from replay_asserts import assert_same_result
 
 def families(window: int = 24, warmup: int = 4) -> list:
     return [
@@ -57,15 +41,8 @@ def families(window: int = 24, warmup: int = 4) -> list:
 
 
 def assert_same(fast, ref) -> None:
-    assert fast.family == ref.family and fast.unit == ref.unit == "question"
-    np.testing.assert_array_equal(fast.grid, ref.grid)
-    for name in FIELDS:
-        a, b = getattr(fast, name), getattr(ref, name)
-        assert a.dtype == b.dtype, f"{fast.family}.{name}: dtype {a.dtype} != {b.dtype}"
-        assert a.shape == b.shape, f"{fast.family}.{name}: shape {a.shape} != {b.shape}"
-        if not np.array_equal(a, b):
-            where = np.argwhere(a != b)[:5].tolist()
-            pytest.fail(f"{fast.family}.{name} differs at {where}: sweep {[a[tuple(w)] for w in where]}, reference {[b[tuple(w)] for w in where]}")
+    assert fast.unit == "question"
+    assert_same_result(fast, ref)
 
 
 def make_set(questions: list[list[tuple]], name: str = "handmade") -> TraceSet:
@@ -95,9 +72,7 @@ def make_set(questions: list[list[tuple]], name: str = "handmade") -> TraceSet:
             )
             for k, v in row.items():
                 c_rows[k].append(v)
-    qt = pa.Table.from_pydict(q_rows, schema=QUESTION_SCHEMA)
-    ct = pa.Table.from_pydict({k: pa.array(v, type=CHAIN_COLUMNS[k][0]) for k, v in c_rows.items()}, schema=CHAIN_SCHEMA)
-    return TraceSet(name=name, questions=qt, chains=ct, provenance=Provenance(source="test"))
+    return trace_set_from_columns(name, q_rows, c_rows, Provenance(source="test"))
 
 
 # --- sweep == reference ----------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,38 +14,13 @@ from stopwise.policies.base import Family, Final, Finished, Probe, ProbeResult, 
 from stopwise.policies.registry import FAMILIES, FAMILY_KINDS, family_class, family_names, get_family
 from stopwise.policies.single import AnswerConvergence, probe_arrays
 from stopwise.replay import run_reference
-from stopwise.traces.model import Provenance, TraceSet
-from stopwise.traces.schema import CHAIN_COLUMNS, CHAIN_SCHEMA, QUESTION_SCHEMA
+from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
+from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 from stopwise.traces.synthetic import synthetic_trace_set
 
+from replay_asserts import assert_same_result as assert_same
+
 SINGLE = family_names("single")
-FIELDS = (
-    "answer",
-    "abstained",
-    "tokens",
-    "probe_tokens",
-    "latency",
-    "chains",
-    "answer_full",
-    "tokens_full",
-    "probe_tokens_full",
-    "latency_full",
-    "chains_full",
-    "correct_class",
-    "unit_question",
-    "grid",
-)
-
-
-def assert_same(fast, ref) -> None:  # noqa: ANN001
-    assert fast.family == ref.family and fast.unit == ref.unit
-    for name in FIELDS:
-        a, b = getattr(fast, name), getattr(ref, name)
-        assert a.shape == b.shape, name
-        assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
-        if not np.array_equal(a, b):
-            bad = np.argwhere(a != b)[:5].tolist()
-            raise AssertionError(f"{fast.family}.{name} differs at {bad}")
 
 
 def chains_ts(chains: list[dict]) -> TraceSet:
@@ -71,9 +45,7 @@ def chains_ts(chains: list[dict]) -> TraceSet:
                 rec[col] = None
         for k in CHAIN_COLUMNS:
             rows[k].append(rec[k])
-    qt = pa.Table.from_pydict(q_rows, schema=QUESTION_SCHEMA)
-    ct = pa.Table.from_pydict({k: pa.array(v, type=CHAIN_COLUMNS[k][0]) for k, v in rows.items()}, schema=CHAIN_SCHEMA)
-    return TraceSet(name="hyp", questions=qt, chains=ct, provenance=Provenance(source="test"))
+    return trace_set_from_columns("hyp", q_rows, rows, Provenance(source="test"))
 
 
 # --- vectorized == reference ----------------------------------------------------------------

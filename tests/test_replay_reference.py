@@ -6,7 +6,6 @@ import math
 from typing import ClassVar
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from stopwise.errors import StopwiseError
@@ -25,8 +24,8 @@ from stopwise.policies.base import (
 )
 from stopwise.policies.registry import get_family
 from stopwise.replay import PolicyError, run_reference
-from stopwise.traces.model import Provenance, TraceSet
-from stopwise.traces.schema import CHAIN_COLUMNS, CHAIN_SCHEMA, QUESTION_SCHEMA
+from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
+from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 
 
 def tiny_ts(questions: list[list[dict]], refs: list[int] | None = None) -> TraceSet:
@@ -71,9 +70,7 @@ def tiny_ts(questions: list[list[dict]], refs: list[int] | None = None) -> Trace
                     rec[col] = None
             for k in CHAIN_COLUMNS:
                 rows[k].append(rec[k])
-    qt = pa.Table.from_pydict(q_rows, schema=QUESTION_SCHEMA)
-    ct = pa.Table.from_pydict({k: pa.array(v, type=CHAIN_COLUMNS[k][0]) for k, v in rows.items()}, schema=CHAIN_SCHEMA)
-    return TraceSet(name="tiny", questions=qt, chains=ct, provenance=Provenance(source="test"))
+    return trace_set_from_columns("tiny", q_rows, rows, Provenance(source="test"))
 
 
 # --- a scripted multi-chain family for driver semantics ------------------------------

@@ -305,16 +305,56 @@ def build_trace_set(
         if own_checker:
             checker.close()
 
-    qt = pa.Table.from_pydict(q_rows, schema=QUESTION_SCHEMA)
-    cols = {}
-    for cname, (typ, _) in CHAIN_COLUMNS.items():
-        vals = [r.get(cname) for r in c_rows]
-        try:
-            cols[cname] = pa.array(vals, type=typ)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-            raise TraceSetError(f"column '{cname}' has values of the wrong type: {exc}") from exc
-    ct = pa.Table.from_pydict(cols, schema=CHAIN_SCHEMA)
+    chain_cols = {cname: [r.get(cname) for r in c_rows] for cname in CHAIN_COLUMNS}
+    return trace_set_from_columns(name, q_rows, chain_cols, provenance)
+
+
+def trace_set_from_columns(
+    name: str,
+    questions: Mapping[str, Any],
+    chains: Mapping[str, Any],
+    provenance: Provenance,
+) -> TraceSet:
+    """A trace set from columns whose answer classes are already assigned (no clustering).
+
+    ``questions`` and ``chains`` map column names of
+    :data:`~stopwise.traces.schema.QUESTION_SCHEMA` and
+    :data:`~stopwise.traces.schema.CHAIN_COLUMNS` to Python lists or Arrow
+    arrays; optional columns that are absent are stored as nulls. Rows must
+    already be in the set's order (chains grouped by question, by sample_id).
+
+    Raises
+    ------
+    TraceSetError
+        A required column is missing or a column has values of the wrong type.
+    """
+    n_q = len(questions.get("question_id", ()))
+    n_c = len(chains.get("question_id", ()))
+    q_cols = [_column(questions, f.name, f.type, f.nullable, n_q, "questions") for f in QUESTION_SCHEMA]
+    c_cols = [_column(chains, f.name, f.type, f.nullable, n_c, "chains") for f in CHAIN_SCHEMA]
+    qt = pa.Table.from_arrays(q_cols, schema=QUESTION_SCHEMA)
+    ct = pa.Table.from_arrays(c_cols, schema=CHAIN_SCHEMA)
     return TraceSet(name=name, questions=qt, chains=ct, provenance=provenance)
+
+
+def _column(cols: Mapping[str, Any], name: str, typ: pa.DataType, nullable: bool, n: int, table: str) -> pa.Array:
+    if name not in cols:
+        if not nullable:
+            raise TraceSetError(f"{table}: required column '{name}' is missing")
+        return pa.nulls(n, type=typ)
+    vals = cols[name]
+    if isinstance(vals, (pa.Array, pa.ChunkedArray)):
+        arr = vals if vals.type.equals(typ) else vals.cast(typ)
+    else:
+        try:
+            arr = pa.array(vals, type=typ)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise TraceSetError(f"{table}: column '{name}' has values of the wrong type: {exc}") from exc
+    if len(arr) != n:
+        raise TraceSetError(f"{table}: column '{name}' has {len(arr)} values for {n} rows")
+    if not nullable and arr.null_count:
+        raise TraceSetError(f"{table}: required column '{name}' has nulls")
+    return arr
 
 
 def _check_aligned(qid: str, r: Mapping[str, Any]) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from stopwise.traces.model import Provenance, TraceSet
-from stopwise.traces.schema import CHAIN_COLUMNS, CHAIN_SCHEMA, QUESTION_SCHEMA
+from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
+from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 
 
 def synthetic_trace_set(
@@ -117,17 +117,12 @@ def synthetic_trace_set(
             first = next((p for p, c in zip(positions, classes) if c >= 0), -1)
             c_rows["first_candidate_position"].append(first)
             c_rows["metadata"].append(None)
-    qt = pa.Table.from_pydict(q_rows, schema=QUESTION_SCHEMA)
-    cols = {}
-    for cname, (typ, _) in CHAIN_COLUMNS.items():
-        vals = c_rows[cname]
-        if typ == pa.list_(pa.float32()):
-            cols[cname] = _float_lists(vals)
-        else:
-            cols[cname] = pa.array(vals, type=typ)
-    ct = pa.Table.from_pydict(cols, schema=CHAIN_SCHEMA)
+    cols = {
+        cname: _float_lists(c_rows[cname]) if typ == pa.list_(pa.float32()) else c_rows[cname]
+        for cname, (typ, _) in CHAIN_COLUMNS.items()
+    }
     prov = Provenance(source="synthetic", notes="random synthetic traces for tests; not a real result", sampling={"seed": seed})
-    return TraceSet(name=name, questions=qt, chains=ct, provenance=prov)
+    return trace_set_from_columns(name, q_rows, cols, prov)
 
 
 def _float_lists(vals: list) -> pa.Array:
