@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.calibrate import calibrate_family, question_losses, subset_result
+from stopwise.calibrate import calibrate_family, question_losses, question_mean, subset_result
 from stopwise.policies.base import unit_losses
-from stopwise.oracle import epsilon_oracle
-from stopwise.policies.base import MISSING, ReplayResult
+from stopwise.oracle import epsilon_oracle, stop_anywhere_result
+from stopwise.policies.base import MISSING
 from stopwise.policies.registry import family_names, get_family
-from stopwise.policies.voting import vote_prefixes
 from stopwise.stats.pvalues import min_certifiable_epsilon
 from stopwise.stats.split import split_mask
 from stopwise.traces.model import TraceSet
@@ -85,66 +84,6 @@ class SetBench:
     oracle: dict[str, dict[str, Any]]
 
 
-def question_mean(values: np.ndarray, unit_question: np.ndarray, n_questions: int) -> np.ndarray:
-    """Per-question mean of per-unit ``values`` (U, ...) for the questions that have units."""
-    counts = np.bincount(unit_question, minlength=n_questions)
-    sums = np.zeros((n_questions,) + values.shape[1:])
-    np.add.at(sums, unit_question, values)
-    has = counts > 0
-    return sums[has] / counts[has].reshape((-1,) + (1,) * (values.ndim - 1))
-
-
-def anywhere_result(ts: TraceSet, kind: str) -> ReplayResult:
-    """A family-free 'stop anywhere' replay: every probe (single) or every chain count (multi).
-
-    Oracle costs carry no probe tokens: an oracle knows where to stop without asking.
-    """
-    n_tok = ts.column("n_tokens").astype(np.int64)
-    final = ts.column("answer_class", fill=MISSING).astype(np.int64)
-    ref = ts.questions.column("reference_class").to_numpy().astype(np.int64)
-    if kind == "single":
-        offs, pos = ts.list_column("probe_position") if ts.has("probe_position") else (np.zeros(ts.n_chains + 1, np.int64), np.zeros(0))
-        _, cls = ts.list_column("probe_class") if ts.has("probe_class") else (None, np.zeros(0))
-        counts = np.diff(offs)
-        width = max(int(counts.max(initial=0)), 1)
-        answer = np.repeat(final[:, None], width, axis=1)
-        tokens = np.repeat(n_tok[:, None], width, axis=1)
-        row = np.repeat(np.arange(ts.n_chains), counts)
-        col = np.arange(len(pos)) - np.repeat(offs[:-1], counts)
-        answer[row, col] = cls
-        tokens[row, col] = pos
-        units = ts.question_index
-        zeros = np.zeros_like(tokens)
-        return ReplayResult(
-            family="oracle", grid=np.arange(width), unit="chain", unit_question=units,
-            answer=answer, abstained=np.zeros_like(answer, bool), tokens=tokens, probe_tokens=zeros,
-            latency=tokens, chains=np.ones_like(tokens), answer_full=final, tokens_full=n_tok,
-            probe_tokens_full=np.zeros_like(n_tok), latency_full=n_tok, chains_full=np.ones_like(n_tok),
-            correct_class=ref[units],
-        )
-    classes = ts.padded("answer_class", MISSING).astype(np.int64)
-    toks = ts.padded("n_tokens", 0).astype(np.int64)
-    width = classes.shape[1]
-    votes = vote_prefixes(classes).winner  # (Q, M): vote of the first k+1 chains
-    cum = np.cumsum(toks, axis=1)
-    counts = ts.chain_counts
-    full_answer = votes[np.arange(ts.n_questions), counts - 1]
-    full_tokens = cum[np.arange(ts.n_questions), counts - 1]
-    k = np.arange(1, width + 1)[None, :]
-    beyond = k > counts[:, None]
-    answer = np.where(beyond, full_answer[:, None], votes)
-    tokens = np.where(beyond, full_tokens[:, None], cum)
-    chains = np.where(beyond, counts[:, None], k)
-    lat = np.where(beyond, toks.max(axis=1)[:, None], np.maximum.accumulate(toks, axis=1))
-    return ReplayResult(
-        family="oracle", grid=np.arange(1, width + 1), unit="question", unit_question=np.arange(ts.n_questions),
-        answer=answer, abstained=np.zeros_like(answer, bool), tokens=tokens, probe_tokens=np.zeros_like(tokens),
-        latency=lat, chains=chains, answer_full=full_answer, tokens_full=full_tokens,
-        probe_tokens_full=np.zeros_like(full_tokens), latency_full=toks.max(axis=1), chains_full=counts.astype(np.int64),
-        correct_class=ref,
-    )
-
-
 def applicable_families(ts: TraceSet, families: Sequence[str] | None, risk: str) -> tuple[list[Any], dict[str, str]]:
     """The families (built with default settings) that can run on ``ts`` for ``risk``, and why the others cannot."""
     names = list(families) if families else family_names()
@@ -185,22 +124,21 @@ def validate_set(
     if n > ts.n_questions:
         return rows
     for fam in fams:
-        for row in validate_family(fam.replay(ts), ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n, draws=draws, seed=seed):
-            rows.append({"trace_set": ts.name, **row})
+        rows += validate_family(fam.replay(ts), ts.n_questions, risk=risk, epsilon=epsilon, delta=delta,
+                                n_calibration=n, draws=draws, seed=seed, trace_set=ts.name)
     return rows
 
 
 def validate_controls(*, epsilon: float, delta: float, draws: int, seed: int = 0) -> list[dict[str, Any]]:
     """Synthetic losses with a closed-form risk: LTT must hold, the naive calibrator must violate."""
+    from stopwise.calibrate import validation_row
     from stopwise.stats.validate import ltt_calibrator, naive_calibrator, synthetic_population, validate_calibrator
 
     pop, _ = synthetic_population(600, 50, seed=seed)
     rows = []
     for label, cal in (("synthetic-control:ltt", ltt_calibrator(epsilon, delta, "binomial")), ("synthetic-control:naive", naive_calibrator(epsilon))):
-        v = validate_calibrator(pop, 100, draws, cal, epsilon, delta, seed=seed).to_dict()
-        rows.append({"trace_set": "synthetic (closed-form risk)", "policy": label, "risk": "synthetic", "epsilon": epsilon, "delta": delta,
-                     "n_calibration": 100, "draws": draws, "violation_frequency": v["violation_frequency"], "ci_low": v["ci_low"],
-                     "ci_high": v["ci_high"], "consistent": bool(v["consistent"]), "p_value": v["p_value"], "method": "binomial"})
+        v = validate_calibrator(pop, 100, draws, cal, epsilon, delta, seed=seed)
+        rows.append(validation_row(v, trace_set="synthetic (closed-form risk)", policy=label, risk="synthetic", method="binomial"))
     return rows
 
 
@@ -228,7 +166,7 @@ def bench_set(
     oracles: dict[str, dict[str, Any]] = {}
     for kind in ("single", "multi"):
         if any(f.kind == kind for f in fams):
-            res = anywhere_result(ts, kind)
+            res = stop_anywhere_result(ts, kind)
             test_res = subset_result(res, test[res.unit_question])
             oracles[kind] = epsilon_oracle(test_res, epsilon, unit_losses(test_res, "accuracy" if risk == "accuracy" else "disagreement"))
     for fam in fams:

@@ -76,9 +76,16 @@ def question_losses(
         order = np.argsort(uq, kind="stable")
         pick = offsets[questions] + rng.integers(0, counts[questions])
         return losses[order[pick]], questions, "binomial"
-    sums = np.zeros((n_questions, losses.shape[1]))
-    np.add.at(sums, uq, losses)
-    return sums[questions] / counts[questions][:, None], questions, "hb"
+    return question_mean(losses, uq, n_questions), questions, "hb"
+
+
+def question_mean(values: np.ndarray, unit_question: np.ndarray, n_questions: int) -> np.ndarray:
+    """Per-question mean of per-unit ``values`` (U, ...), for the questions that have units, in question order."""
+    counts = np.bincount(unit_question, minlength=n_questions)
+    sums = np.zeros((n_questions,) + values.shape[1:])
+    np.add.at(sums, unit_question, values)
+    has = counts > 0
+    return sums[has] / counts[has].reshape((-1,) + (1,) * (values.ndim - 1))
 
 
 @dataclass
@@ -158,7 +165,7 @@ def calibrate_family(
     """Calibrate a replayed family on the questions in ``calib_questions`` (a boolean mask over questions)."""
     losses = unit_losses(result, risk)
     keep = calib_questions[result.unit_question]
-    sub = _subset(result, keep)
+    sub = subset_result(result, keep)
     q_losses, _, method = question_losses(sub, losses[keep], n_questions, chain_mode=chain_mode, seed=seed)
     answered = None
     coverage = None
@@ -175,7 +182,7 @@ def calibrate_family(
     return Calibration(result.family, risk, index, threshold, cert, p, risks, coverage)
 
 
-def _subset(result: ReplayResult, keep: np.ndarray) -> ReplayResult:
+def subset_result(result: ReplayResult, keep: np.ndarray) -> ReplayResult:
     """The units of ``result`` selected by the boolean mask ``keep``."""
     kw: dict[str, Any] = {}
     for name, value in vars(result).items():
@@ -185,8 +192,6 @@ def _subset(result: ReplayResult, keep: np.ndarray) -> ReplayResult:
             kw[name] = value
     return ReplayResult(**kw)
 
-
-subset_result = _subset
 
 
 # --- policy files ---------------------------------------------------------------------
@@ -233,6 +238,16 @@ def population_losses(result: ReplayResult, n_questions: int, risk: str) -> tupl
     return losses, method
 
 
+def validation_row(v: Any, *, trace_set: str, policy: str, risk: str, method: str, **extra: Any) -> dict[str, Any]:
+    """One ``stopwise validate`` row from a :class:`~stopwise.stats.validate.ValidationResult`."""
+    return {
+        "trace_set": trace_set, "policy": policy, "risk": risk, "epsilon": v.epsilon, "delta": v.delta,
+        "n_calibration": v.n_calibration, "draws": v.draws, "violation_frequency": v.violation_frequency,
+        "ci_low": v.ci_low, "ci_high": v.ci_high, "consistent": bool(v.consistent), "p_value": v.p_value,
+        "uncertified_draws": v.uncertified, "method": method, **extra,
+    }
+
+
 def validate_family(
     result: ReplayResult,
     n_questions: int,
@@ -243,6 +258,7 @@ def validate_family(
     n_calibration: int | None = None,
     draws: int = 500,
     seed: int = 0,
+    trace_set: str = "",
 ) -> list[dict[str, Any]]:
     """Check LTT on a family empirically, with the naive calibrator as a negative control.
 
@@ -261,12 +277,6 @@ def validate_family(
     rows = []
     for label, cal in ((result.family, ltt_calibrator(epsilon, delta, method)), (f"naive-control:{result.family}", naive_calibrator(epsilon))):
         v = validate_calibrator(pop, n, draws, cal, epsilon, delta, seed=seed)
-        d = v.to_dict()
-        rows.append({
-            "policy": label, "risk": risk, "epsilon": epsilon, "delta": delta, "n_calibration": n,
-            "draws": draws, "violation_frequency": d["violation_frequency"], "ci_low": d["ci_low"],
-            "ci_high": d["ci_high"], "consistent": bool(d["consistent"]), "p_value": d["p_value"],
-            "uncertified_draws": d.get("uncertified"), "max_population_risk": float(pop.mean(axis=0).max()),
-            "method": method,
-        })
+        rows.append(validation_row(v, trace_set=trace_set, policy=label, risk=risk, method=method,
+                                   max_population_risk=float(pop.mean(axis=0).max())))
     return rows

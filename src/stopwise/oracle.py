@@ -8,6 +8,8 @@ whole logged future:
 * :func:`vote_oracle_chains` - per question, the fewest chains (in sample
   order) after which the majority vote never changes again;
 * :func:`oracle_savings` - both as fractions of the full-compute tokens;
+* :func:`stop_anywhere_result` - a family-free replay in which every unit may
+  stop at any logged probe (one chain) or after any number of chains;
 * :func:`epsilon_oracle` - the best cost savings reachable at a mean loss of
   at most epsilon, by one grid point of a replayed family or by letting every
   unit pick its own grid point in hindsight.
@@ -47,6 +49,7 @@ __all__ = [
     "loss_matrix",
     "majority_prefix",
     "oracle_savings",
+    "stop_anywhere_result",
     "vote_oracle_chains",
 ]
 
@@ -157,7 +160,59 @@ def oracle_savings(ts) -> dict[str, Any]:  # noqa: ANN001
     }
 
 
-# --- (c) epsilon oracle -------------------------------------------------------------
+# --- (c) stopping anywhere, for the epsilon oracle ---------------------------------
+def stop_anywhere_result(ts, kind: str) -> ReplayResult:  # noqa: ANN001
+    """A family-free 'stop anywhere' replay: every probe (single) or every chain count (multi).
+
+    Oracle costs carry no probe tokens: an oracle knows where to stop without asking.
+    """
+    n_tok = ts.column("n_tokens").astype(np.int64)
+    final = ts.column("answer_class", fill=MISSING).astype(np.int64)
+    ref = ts.questions.column("reference_class").to_numpy().astype(np.int64)
+    if kind == "single":
+        offs, pos = ts.list_column("probe_position") if ts.has("probe_position") else (np.zeros(ts.n_chains + 1, np.int64), np.zeros(0))
+        _, cls = ts.list_column("probe_class") if ts.has("probe_class") else (None, np.zeros(0))
+        counts = np.diff(offs)
+        width = max(int(counts.max(initial=0)), 1)
+        answer = np.repeat(final[:, None], width, axis=1)
+        tokens = np.repeat(n_tok[:, None], width, axis=1)
+        row = np.repeat(np.arange(ts.n_chains), counts)
+        col = np.arange(len(pos)) - np.repeat(offs[:-1], counts)
+        answer[row, col] = cls
+        tokens[row, col] = pos
+        units = ts.question_index
+        zeros = np.zeros_like(tokens)
+        return ReplayResult(
+            family="oracle", grid=np.arange(width), unit="chain", unit_question=units,
+            answer=answer, abstained=np.zeros_like(answer, bool), tokens=tokens, probe_tokens=zeros,
+            latency=tokens, chains=np.ones_like(tokens), answer_full=final, tokens_full=n_tok,
+            probe_tokens_full=np.zeros_like(n_tok), latency_full=n_tok, chains_full=np.ones_like(n_tok),
+            correct_class=ref[units],
+        )
+    classes = ts.padded("answer_class", MISSING).astype(np.int64)
+    toks = ts.padded("n_tokens", 0).astype(np.int64)
+    width = classes.shape[1]
+    votes = vote_prefixes(classes).winner  # (Q, M): vote of the first k+1 chains
+    cum = np.cumsum(toks, axis=1)
+    counts = ts.chain_counts
+    full_answer = votes[np.arange(ts.n_questions), counts - 1]
+    full_tokens = cum[np.arange(ts.n_questions), counts - 1]
+    k = np.arange(1, width + 1)[None, :]
+    beyond = k > counts[:, None]
+    answer = np.where(beyond, full_answer[:, None], votes)
+    tokens = np.where(beyond, full_tokens[:, None], cum)
+    chains = np.where(beyond, counts[:, None], k)
+    lat = np.where(beyond, toks.max(axis=1)[:, None], np.maximum.accumulate(toks, axis=1))
+    return ReplayResult(
+        family="oracle", grid=np.arange(1, width + 1), unit="question", unit_question=np.arange(ts.n_questions),
+        answer=answer, abstained=np.zeros_like(answer, bool), tokens=tokens, probe_tokens=np.zeros_like(tokens),
+        latency=lat, chains=chains, answer_full=full_answer, tokens_full=full_tokens,
+        probe_tokens_full=np.zeros_like(full_tokens), latency_full=toks.max(axis=1), chains_full=counts.astype(np.int64),
+        correct_class=ref,
+    )
+
+
+# --- (d) epsilon oracle -------------------------------------------------------------
 def loss_matrix(result: ReplayResult, loss: str | np.ndarray = "disagreement") -> np.ndarray:
     """The (U, G) loss of every unit at every grid point.
 
