@@ -55,7 +55,7 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
     from stopwise.traces import write_trace_set
     from stopwise.traces.importers import import_traces
 
-    if out.exists() and not overwrite:
+    if out.exists() and not overwrite:  # fail before the (slow) import, not only at write time
         raise TraceSetError(f"output directory '{out}' already exists", hint="choose another --out or pass --overwrite")
     with console.status(f"importing {len(paths)} file(s)..."):
         ts = import_traces(list(paths), name=name or out.name, fmt=fmt, tokenizer=tokenizer, mapping=mapping, command=_command_line())

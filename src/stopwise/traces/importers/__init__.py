@@ -41,10 +41,7 @@ def get_tokenizer(name: str | None) -> Any:
 
 def detect_format(path: Path) -> str:
     """Guess the format of ``path`` from its first record."""
-    try:
-        first = next(iter(read_json_records(path)), None)
-    except TraceFormatError:
-        raise
+    first = next(iter(read_json_records(path)), None)
     if first is None:
         raise TraceFormatError("file has no records", path=str(path))
     obj = first[1]
