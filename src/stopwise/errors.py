@@ -9,7 +9,8 @@ Hierarchy::
     │   └── UnknownNameError      a registry lookup failed (lists the valid names)
     ├── MissingExtraError         an optional dependency is not installed (gives the pip line)
     ├── NotFittedError            an estimator was used before ``fit``/``calibrate``
-    └── UnsupportedError          a trace set lacks the fields a policy needs
+    ├── UnsupportedError          a trace set lacks the fields a policy needs
+    └── BackendError              a model backend failed (``retryable`` says whether to retry)
 
 Foreign errors are mapped at the boundary with ``raise ... from exc``. The CLI turns
 any :class:`StopwiseError` into one line on stderr and exit status 2.
@@ -103,3 +104,22 @@ class NotFittedError(StopwiseError):
 
 class UnsupportedError(StopwiseError):
     """A trace set lacks a field that a policy or command needs."""
+
+
+class BackendError(StopwiseError):
+    """A model backend failed: refused connection, timeout, bad response, load failure.
+
+    Parameters
+    ----------
+    message : str
+    retryable : bool
+        True where the same request may succeed if sent again (timeouts, 5xx, resets).
+    hint : str, optional
+    status : int, optional
+        The upstream HTTP status, where there was one.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, hint: str | None = None, status: int | None = None) -> None:
+        self.retryable = retryable
+        self.status = status
+        super().__init__(message, hint=hint)

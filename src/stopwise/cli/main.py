@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,70 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
         f"wrote [bold]{out}[/]: {ts.n_questions} questions, {ts.n_chains} chains, {ts.n_tokens} tokens, "
         f"hash {ts.content_hash[:12]}"
     )
+
+
+@cli.command("collect")
+@click.option("--dataset", required=True, help="gsm8k | math500 | aime24 | reasoning-gym:TASK[?key=value&...] | jsonl:PATH")
+@click.option("--model", default="embedded", show_default=True, help="embedded (Qwen2.5-Coder-0.5B) | embedded-1.5b | smollm2 | a GGUF path.")
+@click.option("--questions", default=600, show_default=True, type=click.IntRange(1))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip this many questions first.")
+@click.option("--chains", default=4, show_default=True, type=click.IntRange(1), help="Chains per question.")
+@click.option("--chains-first", default=None, help="M:K: the first M questions get K chains (e.g. 64:16).")
+@click.option("--max-tokens", default=384, show_default=True, type=click.IntRange(1))
+@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(0))
+@click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True))
+@click.option("--probe-every", default=32, show_default=True, type=click.IntRange(0), help="Probe every P tokens (0: only at cues).")
+@click.option("--no-cue-probes", is_flag=True, help="Do not probe at cue tokens (blank lines, Wait, Hmm, ...).")
+@click.option("--forcing", default=None, help="Forcing string appended for probes (default: blank line + 'Final answer: $\\boxed{').")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(0, 5), help="Top logprobs kept per position.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--size", "dataset_size", default=500, show_default=True, type=click.IntRange(1), help="Questions generated for reasoning-gym datasets.")
+@click.option("--batch", "batch_chains", default=8, show_default=True, type=click.IntRange(1), help="Chains decoded together.")
+@click.option("--threads", "n_threads", default=None, type=click.IntRange(1))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace-set directory (working state in OUT.collect).")
+@click.option("--assemble-partial", is_flag=True, help="Do not collect: write the questions completed so far as a trace set.")
+def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
+    """Collect a trace set (chains, logprobs, probes) from a model; resumable."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from stopwise.collect import CollectConfig, assemble, collect
+    from stopwise.errors import ConfigError
+
+    if assemble_partial:
+        path = assemble(out, complete_only=True, command=_command_line())
+        console.print(f"wrote {path} (completed questions only)")
+        return
+    cf = None
+    if chains_first:
+        try:
+            m, k = (int(x) for x in chains_first.split(":"))
+        except ValueError as exc:
+            raise ConfigError(f"--chains-first '{chains_first}' is not M:K", hint="e.g. --chains-first 64:16") from exc
+        cf = (m, k)
+    extra = {"forcing": forcing} if forcing is not None else {}
+    cfg = CollectConfig(chains_first=cf, cue_probes=not no_cue_probes, **extra, **kw)
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chains · {task.fields[q]} questions · {task.fields[tps]:.1f} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err_console, transient=False) as bar:
+        task = bar.add_task("collect", total=None, q="0/?", tps=0.0)
+
+        last = [0.0]
+
+        def progress(d: dict[str, Any]) -> None:
+            bar.update(task, completed=d["chains_done"], total=d["chains_total"], q=f"{d['questions_done']}/{d['questions_total']}", tps=d["tokens_per_s"])
+            if not err_console.is_terminal and time.monotonic() - last[0] > 60:
+                # a log file gets a plain line a minute instead of a live bar
+                last[0] = time.monotonic()
+                err_console.print(f"chains {d['chains_done']}/{d['chains_total']} · questions {d['questions_done']}/{d['questions_total']} · {d['tokens_per_s']:.1f} tok/s")
+
+        path = collect(cfg, out, progress=progress, command=_command_line())
+    console.print(f"wrote {path}")
 
 
 @cli.command("inspect")

@@ -1,0 +1,209 @@
+"""The backend protocol: what stopwise needs from a model server.
+
+A backend streams the tokens of one chain with logprobs, samples several chains
+of one prompt, continues a given prefix (probes and answer forcing) and cancels.
+Everything is async; closing the async iterator returned by :meth:`Backend.stream`
+cancels that chain upstream (the backend must stop generating, not merely stop
+reading).
+
+Each backend declares :class:`Capabilities`; callers check them instead of
+catching errors. Provider errors are mapped to :class:`stopwise.errors.BackendError`
+(``retryable`` and ``hint``) at the boundary.
+
+Logprob convention: every backend reports raw log-softmax values at temperature 1,
+whatever the sampling temperature, where it can (the embedded backend computes them
+from the logits; an HTTP server reports what it reports, which the trace set's
+provenance records).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+LOGPROB_CONVENTION = "raw log-softmax at temperature 1 (independent of the sampling temperature)"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do.
+
+    Attributes
+    ----------
+    logprobs : bool
+        Reports the chosen token's logprob.
+    top_k : int
+        How many top logprobs per position it can report (0: none).
+    entropy : bool
+        Reports full-vocabulary entropy and DeepConf token confidence (top-20 mean).
+    prefix_continuation : bool
+        Can continue an exact token prefix (probes, forcing) without re-tokenizing.
+    batched_chains : bool
+        Decodes several chains in one forward pass (shared prompt cache).
+    hidden_states : bool
+        Can return hidden-state vectors.
+    token_ids : bool
+        Reports token ids (not only strings).
+    """
+
+    logprobs: bool = True
+    top_k: int = 0
+    entropy: bool = False
+    prefix_continuation: bool = False
+    batched_chains: bool = False
+    hidden_states: bool = False
+    token_ids: bool = False
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings of one chain. ``temperature == 0`` is greedy.
+
+    ``top_k == 0`` disables the top-k cut. ``seed`` makes a chain reproducible on
+    backends that honour it (the embedded backend always does).
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    max_tokens: int = 384
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": list(self.stop),
+        }
+
+
+@dataclass
+class TokenStep:
+    """One generated position of a chain.
+
+    ``logprob`` is the chosen token's raw logprob (NaN if unknown); ``top_*`` are
+    descending; ``entropy`` (nats) and ``confidence`` (DeepConf C_i = -mean of the
+    top-20 logprobs) are NaN when the backend cannot compute them.
+    """
+
+    text: str
+    token_id: int | None = None
+    logprob: float = math.nan
+    top_tokens: list[str] = field(default_factory=list)
+    top_logprobs: list[float] = field(default_factory=list)
+    entropy: float = math.nan
+    confidence: float = math.nan
+    raw: bytes | None = None
+
+
+@dataclass
+class ProbeResult:
+    """What the model answers when forced to answer at a position of a chain.
+
+    Attributes
+    ----------
+    position : int
+        Tokens of the chain generated when the probe was taken.
+    text : str
+        The greedy continuation after the forcing string.
+    logprob : float
+        Sum of the logprobs of the continuation's tokens up to the answer's end.
+    prefill_tokens, decode_tokens : int
+        What the probe cost.
+    cue : str
+        What triggered it (``schedule``, ``blank_line``, ``wait``, ...).
+    """
+
+    position: int
+    text: str
+    logprob: float
+    prefill_tokens: int
+    decode_tokens: int
+    cue: str = "request"
+
+    @property
+    def cost(self) -> int:
+        return self.prefill_tokens + self.decode_tokens
+
+
+@dataclass
+class ChainResult:
+    """A finished chain: its steps, finish reason and probes."""
+
+    steps: list[TokenStep]
+    finish_reason: str
+    probes: list[ProbeResult] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def text(self) -> str:
+        raw = [s.raw for s in self.steps]
+        if raw and all(r is not None for r in raw):
+            return b"".join(raw).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+        return "".join(s.text for s in self.steps)
+
+
+class Backend(ABC):
+    """A model server stopwise can drive.
+
+    Implementations: :class:`stopwise.backends.llamacpp.EmbeddedBackend`
+    (in-process llama.cpp), :class:`stopwise.backends.openai_compat.OpenAICompatBackend`
+    (any OpenAI-compatible HTTP server) and :class:`stopwise.backends.replay.TraceBackend`
+    (streams a logged trace set; the fake used by tests).
+    """
+
+    name: str = "backend"
+    capabilities: Capabilities = Capabilities()
+
+    def model_info(self) -> dict[str, Any]:
+        """What is known of the model (name, sha256, tokenizer, chat template), for provenance."""
+        return {"model": self.name}
+
+    @abstractmethod
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """Apply the model's chat template client-side; returns the raw prompt text."""
+
+    @abstractmethod
+    def stream(self, prompt: str, sampling: Sampling) -> AsyncIterator[TokenStep]:
+        """Stream one chain's tokens from a raw prompt.
+
+        Closing the iterator (``aclose``, or leaving an ``async for`` early) cancels
+        the chain upstream. Raises :class:`stopwise.errors.BackendError`.
+        """
+
+    async def sample(self, prompt: str, sampling: Sampling, n: int) -> list[ChainResult]:
+        """Sample ``n`` chains of one prompt (seeds ``seed, seed+1, ...``) to completion.
+
+        The default runs ``n`` streams concurrently; batched backends share the prompt.
+        """
+        import asyncio
+
+        async def one(i: int) -> ChainResult:
+            s = Sampling(**{**sampling.as_dict(), "stop": tuple(sampling.stop)})
+            if sampling.seed is not None:
+                s = Sampling(**{**s.as_dict(), "seed": sampling.seed + i, "stop": tuple(sampling.stop)})
+            steps = [st async for st in self.stream(prompt, s)]
+            return ChainResult(steps, "length" if len(steps) >= s.max_tokens else "stop", seed=s.seed)
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    @abstractmethod
+    async def continue_prefix(
+        self, prompt: str, prefix: Sequence[TokenStep], forcing: str, max_tokens: int
+    ) -> tuple[str, float, int, int]:
+        """Greedily continue ``prompt + prefix + forcing`` for at most ``max_tokens``.
+
+        Used by probes and answer forcing. Returns ``(text, sum_logprob,
+        prefill_tokens, decode_tokens)``. Backends with token ids continue the exact
+        token prefix; others send the prefix text. Idempotent: safe to retry.
+        """
+
+    async def aclose(self) -> None:
+        """Release the backend's resources."""

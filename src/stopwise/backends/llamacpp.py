@@ -1,0 +1,710 @@
+"""The embedded backend: llama.cpp in-process on the CPU, batched.
+
+:class:`BatchEngine` owns one llama.cpp context with a unified KV cache and many
+sequence ids. Each :meth:`BatchEngine.step` makes one ``llama_decode`` call that
+advances every active chain by one token, prefills newly submitted prompts and
+runs probes, so chains of one prompt and chains of different prompts share the
+forward pass (on a CPU the weights are read once per step instead of once per
+chain, which is where the speed-up comes from).
+
+* Chains of one prompt share its KV cells: the prompt is prefilled once in one
+  sequence and copied to the others with ``llama_memory_seq_cp`` (in a unified
+  cache that adds sequence ids to cells; no data is copied).
+* Sampling is done here with numpy from the raw logits, with one
+  ``numpy.random.Generator`` per chain, so a chain's tokens depend only on its
+  seed and its logits, not on what else is in the batch.
+* Per generated position, from the logits with numpy: the chosen token's raw
+  logprob (log-softmax at temperature 1), the top-5 tokens with logprobs, the
+  full-vocabulary entropy and DeepConf's token confidence (minus the mean of the
+  top-20 logprobs).
+* A probe copies the chain's cells to a spare sequence id, prefills the chain's
+  pending token and the forcing string there, decodes greedily for a few tokens
+  and removes the spare sequence: the chain's own cells are never touched, so it
+  continues exactly as it would have without the probe.
+
+The engine is synchronous and not thread-safe; :class:`EmbeddedBackend` runs it
+on one worker thread behind the async :class:`~stopwise.backends.base.Backend`
+interface. ``llama_cpp`` is imported lazily (extra ``[embedded]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import math
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stopwise.backends.base import (
+    LOGPROB_CONVENTION,
+    Backend,
+    Capabilities,
+    ProbeResult,
+    Sampling,
+    TokenStep,
+)
+from stopwise.errors import BackendError, ConfigError, MissingExtraError
+
+TOP_N = 5
+CONF_K = 20
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+        from llama_cpp import _internals
+    except ImportError as exc:
+        raise MissingExtraError("the embedded llama.cpp backend", "embedded", "llama-cpp-python") from exc
+    return llama_cpp, _internals
+
+
+def logit_stats(logits: np.ndarray, n_top: int = TOP_N, conf_k: int = CONF_K, n_cand: int = 40):
+    """Raw log-softmax statistics of one logits row (numpy, no full sort).
+
+    Returns ``(logp_of, top_ids, top_logprobs, entropy, confidence, cand_ids, cand_logits)``
+    where ``logp_of(i)`` gives the logprob of token ``i``, ``top_*`` hold the ``n_top``
+    best tokens in descending order, ``confidence`` is ``-mean`` of the ``conf_k``
+    best logprobs, and ``cand_*`` are the ``n_cand`` best tokens (descending) for sampling.
+    """
+    x = logits
+    k = max(n_top, conf_k, n_cand)
+    cand = np.argpartition(x, -k)[-k:]
+    cand = cand[np.argsort(-x[cand], kind="stable")]
+    m = float(x[cand[0]])
+    e = np.exp(x - m)
+    s = float(e.sum())
+    lse = m + math.log(s)
+    # entropy = lse - sum(p * x)
+    entropy = lse - float(np.dot(e, x)) / s
+    top_lp = x[cand] - lse
+    conf = -float(top_lp[:conf_k].mean())
+    return lse, cand[:n_top], top_lp[:n_top], entropy, conf, cand[:n_cand], x[cand[:n_cand]]
+
+
+def sample_token(
+    cand_ids: np.ndarray, cand_logits: np.ndarray, sampling: Sampling, rng: np.random.Generator
+) -> int:
+    """Draw one token from the best candidates (descending) with temperature, top-k and top-p.
+
+    Uses exactly one uniform draw per call (also when greedy) so a chain's random
+    stream does not depend on its settings' branch.
+    """
+    u = rng.random()
+    if sampling.temperature <= 0:
+        return int(cand_ids[0])
+    n = len(cand_ids) if sampling.top_k <= 0 else min(sampling.top_k, len(cand_ids))
+    z = cand_logits[:n].astype(np.float64) / sampling.temperature
+    p = np.exp(z - z[0])
+    p /= p.sum()
+    if sampling.top_p < 1.0:
+        c = np.cumsum(p)
+        keep = int(np.searchsorted(c, sampling.top_p) + 1)
+        p = p[:keep] / c[min(keep, len(c)) - 1]
+    idx = int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right"))
+    return int(cand_ids[min(idx, len(p) - 1)])
+
+
+@dataclass
+class _Probe:
+    chain: _Chain
+    seq: int
+    forcing: list[int]
+    max_new: int
+    cue: str
+    position: int
+    stop: Callable[[str], bool]
+    include_pending: bool
+    pending: int = -1
+    generated: list[int] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)
+    logprob: float = 0.0
+    prefill: int = 0
+    done: bool = False
+    pos: int = 0
+
+
+@dataclass
+class _Chain:
+    cid: int
+    seq: int
+    sampling: Sampling
+    rng: np.random.Generator
+    prompt_len: int
+    pos: int = 0  # next KV position of this chain's sequence
+    pending: int | None = None  # sampled, not yet decoded
+    n_generated: int = 0
+    finished: str | None = None
+    probe_requests: list[tuple[str, list[int], int, Callable[[str], bool], bool]] = field(default_factory=list)
+    text: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class _Prompt:
+    tokens: list[int]
+    chains: list[_Chain]
+
+
+@dataclass
+class EngineEvent:
+    """Output of :meth:`BatchEngine.step`: ``kind`` is ``token``, ``probe`` or ``finished``."""
+
+    kind: str
+    chain: int
+    step: TokenStep | None = None
+    probe: ProbeResult | None = None
+    finish_reason: str | None = None
+
+
+class BatchEngine:
+    """Batched decoding of many chains over one llama.cpp context.
+
+    Parameters
+    ----------
+    model_path : str
+        A GGUF file.
+    n_ctx : int
+        KV cells shared by all sequences (prompts are shared between a prompt's chains).
+    n_seq_max : int
+        Sequence ids: chains plus probes in flight plus prompts being prefilled.
+    n_threads : int, optional
+        CPU threads (default: all cores).
+    n_batch : int
+        Most tokens one decode call takes (prompt prefill is split to fit).
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        n_ctx: int = 8192,
+        n_seq_max: int = 32,
+        n_threads: int | None = None,
+        n_batch: int = 1024,
+        verbose: bool = False,
+    ) -> None:
+        llama_cpp, internals = _import_llama_cpp()
+        self._ll = llama_cpp
+        if not os.path.isfile(model_path):
+            raise ConfigError(f"model file '{model_path}' does not exist")
+        if not verbose:
+            llama_cpp.llama_log_set(_silent_log(llama_cpp), ctypes.c_void_p(0))
+        mparams = llama_cpp.llama_model_default_params()
+        try:
+            self.model = internals.LlamaModel(path_model=model_path, params=mparams, verbose=verbose)
+        except ValueError as exc:
+            raise BackendError(f"llama.cpp could not load '{model_path}': {exc}", hint="is it a GGUF file?") from exc
+        n_seq_max = min(n_seq_max, llama_cpp.llama_max_parallel_sequences())
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = n_batch
+        cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = True
+        threads = n_threads or os.cpu_count() or 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        try:
+            self.ctx = internals.LlamaContext(model=self.model, params=cparams, verbose=verbose)
+        except ValueError as exc:
+            raise BackendError(f"llama.cpp could not create a context for '{model_path}': {exc}") from exc
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.n_seq_max = n_seq_max
+        self.n_vocab = self.model.n_vocab()
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._free_seqs = list(range(n_seq_max - 1, -1, -1))
+        self._chains: dict[int, _Chain] = {}
+        self._prompts: list[_Prompt] = []
+        self._probes: list[_Probe] = []
+        self._next_cid = 0
+        self._pieces = [self._piece(i) for i in range(self.n_vocab)]
+        self._eog = np.array([llama_cpp.llama_vocab_is_eog(self.model.vocab, i) for i in range(self.n_vocab)])
+        self.metadata = self.model.metadata()
+        self.tokens_decoded = 0
+
+    # ---- vocabulary -------------------------------------------------------------------------
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(256)
+        n = self._ll.llama_token_to_piece(self.model.vocab, token, buf, 256, 0, False)
+        return bytes(buf[: max(n, 0)])
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of ``text`` (no BOS added; control tokens in text are parsed when ``special``)."""
+        return self.model.tokenize(text.encode("utf-8"), False, special)
+
+    def piece(self, token: int) -> bytes:
+        return self._pieces[token]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self._pieces[t] for t in tokens).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._eog[token])
+
+    # ---- submission -------------------------------------------------------------------------
+
+    @property
+    def n_active(self) -> int:
+        return sum(1 for c in self._chains.values() if c.finished is None)
+
+    @property
+    def free_seqs(self) -> int:
+        return len(self._free_seqs)
+
+    def kv_used(self) -> int:
+        """An upper bound on the KV cells in use (prompts are shared and counted once per prompt)."""
+        used = 0
+        for c in self._chains.values():
+            used += c.pos - c.prompt_len + 1
+        for p in self._prompts:
+            used += len(p.tokens)
+        return used + sum(len(p.forcing) + p.max_new + 1 for p in self._probes)
+
+    def submit(self, prompt_tokens: Sequence[int], samplings: Sequence[Sampling]) -> list[int]:
+        """Start one chain per entry of ``samplings`` on a shared prompt; returns chain ids.
+
+        Each chain gets its own ``numpy.random.Generator(seed)``; a ``None`` seed draws one.
+
+        Raises
+        ------
+        BackendError
+            If there are not enough free sequence ids or the prompt does not fit.
+        """
+        if not prompt_tokens:
+            raise ConfigError("empty prompt")
+        if len(samplings) > len(self._free_seqs):
+            raise BackendError(
+                f"{len(samplings)} chains requested but only {len(self._free_seqs)} sequence slots are free",
+                retryable=True,
+                hint="wait for running chains to finish or raise n_seq_max",
+            )
+        if len(prompt_tokens) + max(s.max_tokens for s in samplings) > self.n_ctx:
+            raise ConfigError(
+                f"prompt of {len(prompt_tokens)} tokens plus max_tokens does not fit a context of {self.n_ctx}",
+                hint="lower max_tokens or raise n_ctx",
+            )
+        chains = []
+        for s in samplings:
+            seed = s.seed if s.seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+            c = _Chain(self._next_cid, self._free_seqs.pop(), s, np.random.default_rng(seed), len(prompt_tokens))
+            self._next_cid += 1
+            self._chains[c.cid] = c
+            chains.append(c)
+        self._prompts.append(_Prompt(list(prompt_tokens), chains))
+        return [c.cid for c in chains]
+
+    def request_probe(
+        self,
+        cid: int,
+        forcing: Sequence[int],
+        max_new: int,
+        *,
+        cue: str = "request",
+        stop: Callable[[str], bool] | None = None,
+        include_pending: bool = True,
+    ) -> None:
+        """Probe chain ``cid`` at its current position in the next step.
+
+        The probe's prefix is the prompt and every token generated so far; with
+        ``include_pending=False`` it leaves out the token generated last (a probe
+        *before* a cue word such as "Wait"). ``stop(text)`` says when the greedy
+        continuation holds a whole answer (default: never; ``max_new`` bounds it).
+        The result arrives as a ``probe`` event. A finished chain is not probed.
+        """
+        c = self._chains.get(cid)
+        if c is not None and c.finished is None:
+            c.probe_requests.append((cue, list(forcing), max_new, stop or (lambda _t: False), include_pending))
+
+    def has_probes(self, cid: int) -> bool:
+        """Whether chain ``cid`` has probes requested or in flight."""
+        c = self._chains.get(cid)
+        return bool(c is not None and c.probe_requests) or any(p.chain.cid == cid for p in self._probes)
+
+    def cancel(self, cid: int) -> None:
+        """Stop chain ``cid`` now and free its cells (its probes in flight are dropped)."""
+        c = self._chains.get(cid)
+        if c is None:
+            return
+        if c.finished is None:
+            c.finished = "cancelled"
+        for p in [p for p in self._probes if p.chain is c]:
+            self._end_probe(p)
+        self._release(c)
+
+    def _release(self, c: _Chain) -> None:
+        if c.cid in self._chains and not any(c in p.chains for p in self._prompts):
+            self._ll.llama_memory_seq_rm(self.ctx.memory, c.seq, -1, -1)
+            self._free_seqs.append(c.seq)
+            del self._chains[c.cid]
+
+    def _end_probe(self, p: _Probe) -> None:
+        self._ll.llama_memory_seq_rm(self.ctx.memory, p.seq, -1, -1)
+        self._free_seqs.append(p.seq)
+        self._probes.remove(p)
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    def step(self) -> list[EngineEvent]:
+        """One decode call: prefill waiting prompts, advance every chain, run probes.
+
+        Returns the events it produced, in order. Does nothing if idle.
+        """
+        events: list[EngineEvent] = []
+        # start probes requested since the last step (need a free sequence id each)
+        for c in list(self._chains.values()):
+            while c.probe_requests and self._free_seqs and c.finished is None and c.pending is not None:
+                cue, forcing, max_new, stop, with_pending = c.probe_requests.pop(0)
+                seq = self._free_seqs.pop()
+                # cells 0..pos-1 are shared with the chain; the probe prefills [pending] + forcing
+                self._ll.llama_memory_seq_cp(self.ctx.memory, c.seq, seq, -1, -1)
+                position = c.n_generated if with_pending else c.n_generated - 1
+                self._probes.append(_Probe(c, seq, forcing, max_new, cue, position, stop, with_pending, c.pending, pos=c.pos))
+        entries: list[tuple[str, Any]] = []  # what each logits row belongs to
+        b = self.batch
+        n = 0
+
+        def add(tok: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            b.token[n] = tok
+            b.pos[n] = pos
+            b.n_seq_id[n] = 1
+            b.seq_id[n][0] = seq
+            b.logits[n] = 1 if logits else 0
+            n += 1
+
+        for c in self._chains.values():
+            if c.finished is None and c.pending is not None:
+                add(c.pending, c.pos, c.seq, True)
+                entries.append(("chain", c))
+        for p in self._probes:
+            if p.prefill == 0:
+                toks = [p.pending, *p.forcing] if p.include_pending else list(p.forcing)
+                if n + len(toks) > self.n_batch:
+                    continue
+                for j, t in enumerate(toks):
+                    add(t, p.pos + j, p.seq, j == len(toks) - 1)
+                p.prefill = len(toks)
+                p.pos += len(toks)
+                entries.append(("probe", p))
+            elif not p.done:
+                add(p.generated[-1], p.pos, p.seq, True)
+                p.pos += 1
+                entries.append(("probe", p))
+        for pr in list(self._prompts):
+            room = self.n_batch - n
+            if room < len(pr.tokens):
+                if n == 0:
+                    raise ConfigError(f"prompt of {len(pr.tokens)} tokens exceeds n_batch {self.n_batch}")
+                break
+            seq0 = pr.chains[0].seq
+            for j, t in enumerate(pr.tokens):
+                add(t, j, seq0, j == len(pr.tokens) - 1)
+            entries.append(("prompt", pr))
+            self._prompts.remove(pr)
+        if n == 0:
+            return events
+        b.n_tokens = n
+        rc = self._ll.llama_decode(self.ctx.ctx, b)
+        if rc != 0:
+            raise BackendError(
+                f"llama_decode returned {rc} (batch of {n} tokens, {len(self._chains)} chains)",
+                retryable=rc == 1,
+                hint="the KV cache is full: lower the number of concurrent chains or raise n_ctx" if rc == 1 else None,
+            )
+        self.tokens_decoded += n
+        logits_ptr = self._ll.llama_get_logits(self.ctx.ctx)
+        rows = np.ctypeslib.as_array(logits_ptr, shape=(len(entries), self.n_vocab))
+        for row, (kind, obj) in enumerate(entries):
+            x = rows[row]
+            if kind == "prompt":
+                pr = obj
+                for c in pr.chains[1:]:
+                    self._ll.llama_memory_seq_cp(self.ctx.memory, pr.chains[0].seq, c.seq, -1, -1)
+                for c in pr.chains:
+                    c.pos = len(pr.tokens)
+                    if c.finished is None:
+                        events.extend(self._sample(c, x))
+                    else:
+                        self._release(c)
+            elif kind == "chain":
+                c = obj
+                c.pos += 1
+                c.pending = None
+                events.extend(self._sample(c, x))
+            else:
+                events.extend(self._probe_step(obj, x))
+        return events
+
+    def _sample(self, c: _Chain, x: np.ndarray) -> list[EngineEvent]:
+        lse, top_ids, top_lp, ent, conf, cand_ids, cand_logits = logit_stats(x)
+        tok = sample_token(cand_ids, cand_logits, c.sampling, c.rng)
+        if self._eog[tok]:
+            c.finished = "stop"
+            self._release(c)
+            return [EngineEvent("finished", c.cid, finish_reason="stop")]
+        raw = self._pieces[tok]
+        step = TokenStep(
+            text=raw.decode("utf-8", errors="replace"),
+            token_id=tok,
+            logprob=float(x[tok] - lse),
+            top_tokens=[self._pieces[int(i)].decode("utf-8", errors="replace") for i in top_ids],
+            top_logprobs=[float(v) for v in top_lp],
+            entropy=float(ent),
+            confidence=float(conf),
+            raw=raw,
+        )
+        c.n_generated += 1
+        c.text.extend(raw)
+        out = [EngineEvent("token", c.cid, step=step)]
+        stop_hit = any(s in c.text.decode("utf-8", errors="ignore")[-64:] for s in c.sampling.stop) if c.sampling.stop else False
+        if stop_hit or c.n_generated >= c.sampling.max_tokens:
+            reason = "stop" if stop_hit else "length"
+            c.finished = reason
+            self._release(c)
+            out.append(EngineEvent("finished", c.cid, finish_reason=reason))
+        else:
+            c.pending = tok
+        return out
+
+    def _probe_step(self, p: _Probe, x: np.ndarray) -> list[EngineEvent]:
+        if p not in self._probes:
+            return []
+        tok = int(np.argmax(x))
+        m = float(x.max())
+        lse = m + math.log(float(np.exp(x - m).sum()))
+        done = bool(self._eog[tok])
+        if not done:
+            p.generated.append(tok)
+            p.text.extend(self._pieces[tok])
+            p.logprob += float(x[tok] - lse)
+            text = p.text.decode("utf-8", errors="ignore")
+            done = p.stop(text) or len(p.generated) >= p.max_new
+        if not done:
+            return []
+        res = ProbeResult(
+            position=p.position,
+            text=p.text.decode("utf-8", errors="replace"),
+            logprob=p.logprob,
+            prefill_tokens=p.prefill,
+            decode_tokens=len(p.generated),
+            cue=p.cue,
+        )
+        cid = p.chain.cid
+        self._end_probe(p)
+        return [EngineEvent("probe", cid, probe=res)]
+
+    def close(self) -> None:
+        if getattr(self, "batch", None) is not None:
+            self._ll.llama_batch_free(self.batch)
+            self.batch = None
+        if getattr(self, "ctx", None) is not None:
+            self.ctx.close()
+            self.model.close()
+            self.ctx = None
+
+
+_LOG_CB = None
+
+
+def _silent_log(llama_cpp):
+    global _LOG_CB
+    if _LOG_CB is None:
+
+        @llama_cpp.llama_log_callback
+        def _cb(level, text, user_data):  # noqa: ANN001
+            return None
+
+        _LOG_CB = _cb
+    return _LOG_CB
+
+
+def chat_template(metadata: dict[str, str]) -> str | None:
+    """The Jinja chat template a GGUF file carries, if any."""
+    return metadata.get("tokenizer.chat_template")
+
+
+def render_chat_template(template: str, messages: Sequence[dict[str, str]], *, eos: str = "", bos: str = "") -> str:
+    """Render a Hugging Face Jinja chat template with the generation prompt."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as exc:  # jinja2 comes with llama-cpp-python
+        raise MissingExtraError("chat templates", "embedded", "jinja2") from exc
+
+    def raise_exception(msg: str):
+        raise ConfigError(f"chat template error: {msg}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=list(messages), add_generation_prompt=True, eos_token=eos, bos_token=bos
+    )
+
+
+class EmbeddedBackend(Backend):
+    """The async backend over a :class:`BatchEngine` driven by one worker thread.
+
+    Parameters
+    ----------
+    model : str
+        ``embedded`` (Qwen2.5-Coder-0.5B-Instruct), ``embedded-1.5b``, ``smollm2`` or a GGUF path.
+    n_ctx, n_seq_max, n_threads :
+        Passed to :class:`BatchEngine`.
+    """
+
+    capabilities = Capabilities(
+        logprobs=True,
+        top_k=TOP_N,
+        entropy=True,
+        prefix_continuation=True,
+        batched_chains=True,
+        hidden_states=False,
+        token_ids=True,
+    )
+
+    def __init__(self, model: str = "embedded", *, n_ctx: int = 8192, n_seq_max: int = 32, n_threads: int | None = None):
+        from stopwise.models import resolve_model
+
+        self.resolved = resolve_model(model)
+        self.name = self.resolved.name
+        self.engine = BatchEngine(str(self.resolved.path), n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=n_threads)
+        self._template = chat_template(self.engine.metadata)
+        self._lock = threading.Condition()
+        self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._commands: list[Callable[[], None]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="stopwise-llamacpp", daemon=True)
+        self._thread.start()
+
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "model": self.resolved.title,
+            "model_file": self.resolved.path.name,
+            "model_sha256": self.resolved.sha256,
+            "tokenizer": self.engine.metadata.get("tokenizer.ggml.pre") or self.engine.metadata.get("tokenizer.ggml.model"),
+            "chat_template": self._template,
+            "logprob_convention": LOGPROB_CONVENTION,
+            "backend": "llama.cpp (embedded, batched)",
+        }
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if not self._template:
+            return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+        return render_chat_template(self._template, messages)
+
+    # the worker thread owns the engine
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._commands and self.engine.n_active == 0 and not self.engine._probes:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                cmds, self._commands = self._commands, []
+            for cmd in cmds:
+                cmd()
+            try:
+                events = self.engine.step()
+            except BackendError as exc:
+                for loop, q in list(self._queues.values()):
+                    loop.call_soon_threadsafe(q.put_nowait, exc)
+                continue
+            for ev in events:
+                target = self._queues.get(ev.chain)
+                if target is not None:
+                    loop, q = target
+                    loop.call_soon_threadsafe(q.put_nowait, ev)
+                if ev.kind == "finished":
+                    self._queues.pop(ev.chain, None)
+
+    def _call(self, fn: Callable[[], Any]) -> None:
+        with self._lock:
+            self._commands.append(fn)
+            self._lock.notify()
+
+    async def _submit(self, prompt: str, samplings: Sequence[Sampling]) -> tuple[list[int], asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        q: asyncio.Queue = asyncio.Queue()
+        tokens = self.engine.tokenize(prompt)
+
+        def cmd() -> None:
+            try:
+                cids = self.engine.submit(tokens, samplings)
+                for cid in cids:
+                    self._queues[cid] = (loop, q)
+                loop.call_soon_threadsafe(fut.set_result, cids)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                loop.call_soon_threadsafe(fut.set_exception, exc)
+
+        self._call(cmd)
+        return await fut, q
+
+    async def stream(self, prompt: str, sampling: Sampling) -> AsyncIterator[TokenStep]:
+        (cid,), q = await self._submit(prompt, [sampling])
+        finished = False
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, Exception):
+                    raise ev
+                if ev.kind == "token":
+                    yield ev.step
+                elif ev.kind == "finished":
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                self._call(lambda: self.engine.cancel(cid))
+
+    async def continue_prefix(self, prompt: str, prefix: Sequence[TokenStep], forcing: str, max_tokens: int):
+        ids = self.engine.tokenize(prompt)
+        if all(s.token_id is not None for s in prefix):
+            ids += [int(s.token_id) for s in prefix]  # the exact prefix, never re-tokenized
+        else:
+            ids += self.engine.tokenize("".join(s.text for s in prefix), special=False)
+        ids += self.engine.tokenize(forcing, special=True)
+        greedy = Sampling(temperature=0.0, max_tokens=max_tokens, seed=0)
+        (cid,), q = await self._submit_ids(ids, greedy)
+        text = bytearray()
+        lp = 0.0
+        n = 0
+        while True:
+            ev = await q.get()
+            if isinstance(ev, Exception):
+                raise ev
+            if ev.kind == "token":
+                text.extend(ev.step.raw or b"")
+                lp += ev.step.logprob
+                n += 1
+            elif ev.kind == "finished":
+                return text.decode("utf-8", errors="replace"), lp, len(ids), n
+
+    async def _submit_ids(self, ids: list[int], sampling: Sampling):
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def cmd() -> None:
+            try:
+                cids = self.engine.submit(ids, [sampling])
+                self._queues[cids[0]] = (loop, q)
+                loop.call_soon_threadsafe(fut.set_result, cids)
+            except Exception as exc:  # noqa: BLE001
+                loop.call_soon_threadsafe(fut.set_exception, exc)
+
+        self._call(cmd)
+        return await fut, q
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self.engine.close()

@@ -1,0 +1,485 @@
+"""Collect a real trace set from a model: chains with logprobs and forced-answer probes.
+
+:func:`collect` runs the embedded llama.cpp engine (:mod:`stopwise.backends.llamacpp`)
+over a question set, many chains at once (several questions share a batch to
+keep it full), with probes every ``probe_every`` tokens and at cue tokens.
+
+Resumable: finished chains go to durable chunk files in ``<out>.collect/chunks``
+(each written to a temporary name, fsynced and renamed); a second run with the
+same settings reads them, skips the chains they hold and collects only the rest,
+so a killed run loses only the chains that were in flight and duplicates nothing.
+When every chain is done the trace set is assembled (answers clustered once) and
+written atomically to ``<out>``; :func:`assemble` can also write the questions
+completed so far.
+
+Each chain's random stream is seeded from ``(seed, question_id, sample_id)``, so a
+chain is the same whichever run, batch or order produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stopwise.backends.base import LOGPROB_CONVENTION, Sampling
+from stopwise.datasets import Dataset, DatasetItem, load_dataset
+from stopwise.errors import ConfigError, TraceSetError
+
+DEFAULT_FORCING = "\n\nFinal answer: $\\boxed{"
+WORD_CUES = {"wait": "wait", "hmm": "hmm", "alternatively": "alternatively", "but": "but", "however": "however"}
+
+
+class CollectConfig(BaseModel):
+    """Settings of one collection run (they define the run: a resume must match them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    model: str = "embedded"
+    questions: int = Field(600, ge=1)
+    offset: int = Field(0, ge=0, description="skip this many questions of the dataset first")
+    chains: int = Field(4, ge=1)
+    chains_first: tuple[int, int] | None = Field(None, description="(M, K): the first M questions get K chains")
+    max_tokens: int = Field(384, ge=1)
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    sampler_top_k: int = Field(40, ge=0)
+    probe_every: int = Field(32, ge=0, description="0: no scheduled probes")
+    cue_probes: bool = True
+    probe_max_tokens: int = Field(16, ge=1)
+    forcing: str = DEFAULT_FORCING
+    top_k: int = Field(5, ge=0, le=5)
+    seed: int = 0
+    dataset_size: int = Field(500, ge=1, description="questions generated for reasoning-gym datasets")
+    batch_chains: int = Field(8, ge=1, description="chains decoded together")
+    n_threads: int | None = None
+
+    def chains_for(self, index: int) -> int:
+        if self.chains_first and index < self.chains_first[0]:
+            return max(self.chains, self.chains_first[1])
+        return self.chains
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the output (not how fast it is made)."""
+        return self.model_dump(exclude={"batch_chains", "n_threads"})
+
+
+def chain_seed(seed: int, question_id: str, sample_id: int) -> int:
+    h = hashlib.sha256(f"{seed}|{question_id}|{sample_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") >> 1
+
+
+def probe_answer(text: str) -> str | None:
+    """The answer inside the forced ``\\boxed{`` (text up to its closing brace), or None."""
+    depth = 1
+    for i, ch in enumerate(text):
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                ans = text[:i].strip()
+                return ans or None
+    return None
+
+
+def _probe_done(text: str) -> bool:
+    return probe_answer(text) is not None or "\n" in text
+
+
+def token_cue(text: str, prev: str) -> tuple[str | None, bool]:
+    """The cue a token is, and whether the probe goes before it (word cues) or after (blank lines)."""
+    if "\n\n" in text or (prev.endswith("\n") and text.startswith("\n")):
+        return "blank_line", False
+    w = text.strip().strip(",.:;!").lower()
+    if w in WORD_CUES:
+        return WORD_CUES[w], True
+    return None, False
+
+
+@dataclass
+class _Live:
+    item: DatasetItem
+    sample_id: int
+    seed: int
+    tokens: list[str]
+    raw: list[bytes]
+    logprobs: list[float]
+    top_lp: list[list[float]]
+    top_tok: list[list[str]]
+    entropy: list[float]
+    conf: list[float]
+    probes: list[tuple[int, str | None, float, int, str]]
+    probed_at: set[int]
+    finish: str | None = None
+
+
+def _state_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".collect")
+
+
+def _write_chunk(chunks: Path, records: list[dict[str, Any]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    existing = sorted(chunks.glob("chunk-*.parquet"))
+    idx = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+    final = chunks / f"chunk-{idx:06d}.parquet"
+    tmp = chunks / f".chunk-{idx:06d}.{os.getpid()}.tmp"
+    pq.write_table(pa.Table.from_pylist(records), tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    fd = os.open(chunks, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_chunks(state: Path) -> list[dict[str, Any]]:
+    """Every chain record written so far (deduplicated by question and sample)."""
+    import pyarrow.parquet as pq
+
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for p in sorted((state / "chunks").glob("chunk-*.parquet")):
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - a torn file cannot exist (rename), but say so if it does
+            raise TraceSetError(f"collection chunk {p} is unreadable: {exc}", hint="delete it and run again") from exc
+        for r in rows:
+            seen.setdefault((r["question_id"], int(r["sample_id"])), r)
+    return list(seen.values())
+
+
+def _open_state(out: Path, cfg: CollectConfig, command: str) -> Path:
+    state = _state_dir(out)
+    (state / "chunks").mkdir(parents=True, exist_ok=True)
+    cfg_path = state / "config.json"
+    ident = cfg.identity()
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text())
+        if old.get("identity") != json.loads(json.dumps(ident)):
+            diff = sorted(k for k in set(old.get("identity", {})) | set(ident) if old.get("identity", {}).get(k) != json.loads(json.dumps(ident)).get(k))
+            raise ConfigError(
+                f"{state} holds a collection with other settings (differs in: {', '.join(diff)})",
+                hint=f"use the same settings to resume, or another --out (or delete {state})",
+            )
+    else:
+        tmp = state / ".config.json.tmp"
+        tmp.write_text(json.dumps({"identity": ident, "command": command}, indent=1))
+        os.replace(tmp, cfg_path)
+    return state
+
+
+def _select(cfg: CollectConfig) -> tuple[Dataset, list[DatasetItem]]:
+    ds = load_dataset(cfg.dataset, size=max(cfg.dataset_size, cfg.offset + cfg.questions), seed=cfg.seed)
+    items = ds.items[cfg.offset : cfg.offset + cfg.questions]
+    if len(items) < cfg.questions:
+        raise ConfigError(
+            f"dataset '{cfg.dataset}' has {len(ds.items)} questions; offset {cfg.offset} + {cfg.questions} asked",
+            hint="lower --questions or --offset",
+        )
+    return ds, items
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def collect(
+    cfg: CollectConfig,
+    out: str | os.PathLike[str],
+    *,
+    progress: ProgressFn | None = None,
+    command: str | None = None,
+    stop_after_chains: int | None = None,
+    engine: Any = None,
+) -> Path | None:
+    """Collect (or resume) the trace set ``cfg`` describes into ``out``.
+
+    Parameters
+    ----------
+    cfg : CollectConfig
+    out : path
+        Where the trace set goes; the working state is ``<out>.collect``.
+    progress : callable, optional
+        Called after each step with counters (``chains_done``, ``chains_total``,
+        ``questions_done``, ``questions_total``, ``tokens``, ``tokens_per_s``).
+    stop_after_chains : int, optional
+        Stop (cleanly, chunks flushed) after this many new chains; for tests and
+        for collecting in slices. Returns None then, unless everything is done.
+    engine : BatchEngine, optional
+        An engine already loaded with ``cfg.model`` (reuse across calls).
+
+    Returns
+    -------
+    pathlib.Path or None
+        The written trace set, or None if stopped before the end.
+    """
+    from stopwise.backends.llamacpp import BatchEngine, render_chat_template
+    from stopwise.models import resolve_model
+
+    out = Path(out)
+    command = command or " ".join(shlex.quote(a) for a in ["stopwise", *sys.argv[1:]])
+    state = _open_state(out, cfg, command)
+    ds, items = _select(cfg)
+    done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
+    # first every question's base chains, then the extra chains of the first M questions,
+    # so a partial collection is a usable set early (see assemble(complete_only=True))
+    todo: list[tuple[DatasetItem, list[int]]] = []
+    extra: list[tuple[DatasetItem, list[int]]] = []
+    total = 0
+    for i, it in enumerate(items):
+        k = cfg.chains_for(i)
+        total += k
+        missing = [s for s in range(k) if (it.question_id, s) not in done]
+        if [s for s in missing if s < cfg.chains]:
+            todo.append((it, [s for s in missing if s < cfg.chains]))
+        if [s for s in missing if s >= cfg.chains]:
+            extra.append((it, [s for s in missing if s >= cfg.chains]))
+    todo += extra
+    n_done0 = total - sum(len(m) for _, m in todo)
+    resolved = resolve_model(cfg.model)
+    if todo:
+        max_k = max(len(m) for _, m in todo)
+        width = max(cfg.batch_chains, max_k)
+        forcing_len = len(cfg.forcing) + 4
+        if engine is None:
+            n_ctx = width * (cfg.max_tokens + forcing_len + cfg.probe_max_tokens + 8) + cfg.batch_chains * 1024
+            engine = BatchEngine(
+                str(resolved.path), n_ctx=n_ctx, n_seq_max=min(256, 2 * width + 4), n_threads=cfg.n_threads
+            )
+        template = engine.metadata.get("tokenizer.chat_template")
+        forcing_ids = engine.tokenize(cfg.forcing)
+
+        def prompt_ids(it: DatasetItem) -> list[int]:
+            msgs = [{"role": "system", "content": ds.system_prompt}, {"role": "user", "content": it.question}]
+            text = render_chat_template(template, msgs) if template else f"{ds.system_prompt}\n\n{it.question}\n\n"
+            return engine.tokenize(text)
+
+        sampling0 = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens)
+        live: dict[int, _Live] = {}
+        buffer: list[dict[str, Any]] = []
+        last_flush = time.monotonic()
+        t0 = time.monotonic()
+        tokens = 0
+        new_chains = 0
+        q_left: dict[str, int] = {}
+        for it, m in todo:
+            q_left[it.question_id] = q_left.get(it.question_id, 0) + len(m)
+        questions_done = len(items) - len(q_left)
+        queue = list(todo)
+        stopping = False
+        try:
+            while queue or live:
+                while queue and not stopping and (not live or len(live) + len(queue[0][1]) <= cfg.batch_chains):
+                    it, sids = queue.pop(0)
+                    samplings = []
+                    for s in sids:
+                        seed = chain_seed(cfg.seed, it.question_id, s)
+                        samplings.append(Sampling(**{**sampling0.as_dict(), "seed": seed, "stop": ()}))
+                    cids = engine.submit(prompt_ids(it), samplings)
+                    for cid, s, smp in zip(cids, sids, samplings):
+                        live[cid] = _Live(it, s, int(smp.seed), [], [], [], [], [], [], [], [], set())
+                for ev in engine.step():
+                    lc = live.get(ev.chain)
+                    if lc is None:
+                        continue
+                    if ev.kind == "token":
+                        st = ev.step
+                        prev = lc.tokens[-1] if lc.tokens else ""
+                        lc.tokens.append(st.text)
+                        lc.raw.append(st.raw or b"")
+                        lc.logprobs.append(st.logprob)
+                        lc.top_lp.append(st.top_logprobs[: cfg.top_k])
+                        lc.top_tok.append(st.top_tokens[: cfg.top_k])
+                        lc.entropy.append(st.entropy)
+                        lc.conf.append(st.confidence)
+                        tokens += 1
+                        n = len(lc.tokens)
+                        cue, before = token_cue(st.text, prev) if cfg.cue_probes else (None, False)
+                        if cue is not None:
+                            pos = n - 1 if before else n
+                            if pos > 0 and pos not in lc.probed_at:
+                                lc.probed_at.add(pos)
+                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=_probe_done, include_pending=not before)
+                        if cfg.probe_every and n % cfg.probe_every == 0 and n not in lc.probed_at:
+                            lc.probed_at.add(n)
+                            engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue="schedule", stop=_probe_done)
+                    elif ev.kind == "probe":
+                        pr = ev.probe
+                        lc.probes.append((pr.position, probe_answer(pr.text), pr.logprob, pr.cost, pr.cue))
+                    elif ev.kind == "finished":
+                        lc.finish = ev.finish_reason
+                # chains are done when finished and no probe of theirs is in flight
+                for cid in [c for c, lc in live.items() if lc.finish and not engine.has_probes(c)]:
+                    lc = live.pop(cid)
+                    buffer.append(_record(lc, cfg))
+                    new_chains += 1
+                    q_left[lc.item.question_id] -= 1
+                    if q_left[lc.item.question_id] == 0:
+                        questions_done += 1
+                    if stop_after_chains is not None and new_chains >= stop_after_chains:
+                        stopping = True
+                        queue.clear()
+                        for c in list(live):
+                            engine.cancel(c)
+                        live.clear()
+                now = time.monotonic()
+                if buffer and (now - last_flush > 20 or len(buffer) >= 32 or not (queue or live)):
+                    _write_chunk(state / "chunks", buffer)
+                    buffer = []
+                    last_flush = now
+                if progress is not None:
+                    progress(
+                        {
+                            "chains_done": n_done0 + new_chains,
+                            "chains_total": total,
+                            "questions_done": questions_done,
+                            "questions_total": len(items),
+                            "tokens": tokens,
+                            "tokens_per_s": tokens / max(now - t0, 1e-9),
+                            "active": len(live),
+                        }
+                    )
+        finally:
+            if buffer:
+                _write_chunk(state / "chunks", buffer)
+        if stopping and n_done0 + new_chains < total:
+            return None
+    return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False)
+
+
+def _record(lc: _Live, cfg: CollectConfig) -> dict[str, Any]:
+    from stopwise.answers import extract_answer, find_candidates
+
+    text = b"".join(lc.raw).decode("utf-8", errors="replace")
+    answer = extract_answer(text)
+    probes = sorted(lc.probes, key=lambda p: p[0])
+    # token end offsets in characters, for the first candidate answer's token position
+    ends, acc = [], 0
+    for t in lc.tokens:
+        acc += len(t)
+        ends.append(acc)
+    cands = find_candidates(text)
+    first = -1
+    if cands:
+        import bisect
+
+        first = min(bisect.bisect_left(ends, cands[0].end) + 1, len(lc.tokens))
+    rec: dict[str, Any] = {
+        "question_id": lc.item.question_id,
+        "sample_id": lc.sample_id,
+        "n_tokens": len(lc.tokens),
+        "finish_reason": lc.finish,
+        "text": text,
+        "answer": answer,
+        "tokens": lc.tokens,
+        "token_logprobs": lc.logprobs,
+        "top_logprobs": lc.top_lp if cfg.top_k else None,
+        "top_tokens": lc.top_tok if cfg.top_k else None,
+        "entropy": lc.entropy,
+        "token_confidence": lc.conf,
+        "probe_position": [p[0] for p in probes],
+        "probe_answer": [p[1] for p in probes],
+        "probe_logprob": [p[2] if p[1] is not None else math.nan for p in probes],
+        "probe_cost": [p[3] for p in probes],
+        "probe_cue": [p[4] for p in probes],
+        "first_candidate_position": first,
+        "metadata": json.dumps({"seed": lc.seed}),
+    }
+    if lc.item.grade is not None:
+        rec["correct"] = bool(lc.item.grade(answer))
+    return rec
+
+
+def assemble(
+    out: str | os.PathLike[str],
+    *,
+    cfg: CollectConfig | None = None,
+    resolved: Any = None,
+    command: str | None = None,
+    complete_only: bool = True,
+    name: str | None = None,
+) -> Path:
+    """Write the trace set from the chunks collected so far.
+
+    With ``complete_only`` only questions with at least their base ``chains`` are
+    kept (with whatever extra chains they have): a partial corpus that is still a
+    proper many-chains-per-question set.
+    """
+    from stopwise import __version__
+    from stopwise.models import resolve_model
+    from stopwise.traces.io import write_trace_set
+    from stopwise.traces.model import Provenance, Question, build_trace_set
+
+    out = Path(out)
+    state = _state_dir(out)
+    meta = json.loads((state / "config.json").read_text())
+    if cfg is None:
+        cfg = CollectConfig(**meta["identity"])
+    command = command or meta.get("command")
+    resolved = resolved or resolve_model(cfg.model)
+    ds, items = _select(cfg)
+    records = read_chunks(state)
+    by_q: dict[str, int] = {}
+    for r in records:
+        by_q[r["question_id"]] = by_q.get(r["question_id"], 0) + 1
+    keep = [(i, it) for i, it in enumerate(items) if by_q.get(it.question_id, 0) >= (cfg.chains if complete_only else 1)]
+    keep_ids = {it.question_id for _, it in keep}
+    questions = [Question(it.question_id, it.question, it.reference, {k: v for k, v in it.metadata.items() if k != "config"}) for _, it in keep]
+    chains = [r for r in records if r["question_id"] in keep_ids]
+    for r in chains:
+        for k in [k for k, v in r.items() if v is None and k in ("top_logprobs", "top_tokens")]:
+            del r[k]
+    prov = Provenance(
+        source=f"collected with stopwise from {ds.name} ({ds.source})",
+        command=command,
+        model=resolved.title,
+        model_sha256=resolved.sha256,
+        tokenizer="the model's own (llama.cpp, from the GGUF file)",
+        chat_template="the GGUF file's tokenizer.chat_template",
+        sampling={
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "top_k": cfg.sampler_top_k,
+            "max_tokens": cfg.max_tokens,
+            "seed": cfg.seed,
+            "chain_seed": "sha256(f'{seed}|{question_id}|{sample_id}')[:8] little-endian >> 1",
+            "system_prompt": ds.system_prompt,
+        },
+        forcing_string=cfg.forcing,
+        probe_schedule=f"every {cfg.probe_every} tokens" + (" and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)" if cfg.cue_probes else ""),
+        logprob_convention=LOGPROB_CONVENTION,
+        license=f"questions: {ds.license}; outputs of {resolved.title} (Apache-2.0 upstream)",
+        stopwise_version=__version__,
+        notes=f"{len(keep)} of {len(items)} questions complete" + ("" if len(keep) == len(items) else " (partial collection)"),
+        collect=cfg.identity(),
+    )
+    ts = build_trace_set(name or out.name, questions, chains, prov)
+    return write_trace_set(ts, out, overwrite=True)
+
+
+def collection_status(out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Counts of a collection in progress (questions complete, chains, tokens)."""
+    state = _state_dir(Path(out))
+    if not (state / "config.json").is_file():
+        raise ConfigError(f"no collection at {out} (no {state}/config.json)")
+    cfg = CollectConfig(**json.loads((state / "config.json").read_text())["identity"])
+    recs = read_chunks(state)
+    by_q: dict[str, int] = {}
+    for r in recs:
+        by_q[r["question_id"]] = by_q.get(r["question_id"], 0) + 1
+    return {"chains": len(recs), "tokens": sum(int(r["n_tokens"]) for r in recs), "questions_started": len(by_q), "config": cfg}
+

@@ -1,0 +1,78 @@
+"""Unit tests of the embedded backend's numpy parts and the collector's helpers (no model)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from stopwise.backends.base import Sampling
+from stopwise.backends.llamacpp import logit_stats, sample_token
+from stopwise.collect import chain_seed, probe_answer, token_cue
+
+
+def test_logit_stats_match_a_full_softmax():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=5000).astype(np.float32) * 3
+    lse, top_ids, top_lp, ent, conf, cand_ids, cand_logits = logit_stats(x)
+    xd = x.astype(np.float64)
+    logp = xd - np.log(np.exp(xd - xd.max()).sum()) - xd.max()
+    order = np.argsort(-xd)
+    assert list(top_ids) == list(order[:5])
+    np.testing.assert_allclose(top_lp, logp[order[:5]], rtol=1e-5, atol=1e-5)
+    assert math.isclose(ent, float(-(np.exp(logp) * logp).sum()), rel_tol=1e-4)
+    assert math.isclose(conf, float(-logp[order[:20]].mean()), rel_tol=1e-5)
+    assert list(cand_ids) == list(order[:40])
+    assert math.isclose(float(x[3]) - lse, logp[3], abs_tol=1e-4)
+
+
+def test_sample_token_greedy_and_distribution():
+    cand = np.arange(40)
+    logits = np.linspace(0, -8, 40).astype(np.float32)
+    rng = np.random.default_rng(1)
+    assert sample_token(cand, logits, Sampling(temperature=0), rng) == 0
+    s = Sampling(temperature=1.0, top_p=1.0, top_k=0)
+    draws = np.array([sample_token(cand, logits, s, rng) for _ in range(20000)])
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    emp = np.bincount(draws, minlength=40) / len(draws)
+    assert np.abs(emp[:5] - p[:5]).max() < 0.02
+    # top-k 2 keeps only the two best
+    s2 = Sampling(temperature=1.0, top_p=1.0, top_k=2)
+    assert set(sample_token(cand, logits, s2, rng) for _ in range(500)) <= {0, 1}
+    # top-p 0.3 keeps the smallest prefix with mass >= 0.3
+    s3 = Sampling(temperature=1.0, top_p=0.3, top_k=0)
+    keep = int(np.searchsorted(np.cumsum(p), 0.3) + 1)
+    assert max(sample_token(cand, logits, s3, rng) for _ in range(500)) < keep
+
+
+def test_sampling_uses_one_draw_per_token():
+    cand = np.arange(40)
+    logits = np.linspace(0, -8, 40).astype(np.float32)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    sample_token(cand, logits, Sampling(temperature=0), a)
+    sample_token(cand, logits, Sampling(temperature=0.7), b)
+    assert a.random() == b.random()
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("42}$.", "42"), ("\\frac{1}{2}}", "\\frac{1}{2}"), (" 7 } and", "7"), ("12", None), ("}", None)],
+)
+def test_probe_answer(text, expected):
+    assert probe_answer(text) == expected
+
+
+def test_token_cues():
+    assert token_cue(" Wait", "x") == ("wait", True)
+    assert token_cue(",", "x") == (None, False)
+    assert token_cue(".\n\n", "x") == ("blank_line", False)
+    assert token_cue("\n", "ok.\n") == ("blank_line", False)
+    assert token_cue(" But", "") == ("but", True)
+    assert token_cue(" butter", "") == (None, False)
+
+
+def test_chain_seed_is_stable_and_distinct():
+    assert chain_seed(0, "q1", 0) == chain_seed(0, "q1", 0)
+    assert len({chain_seed(0, "q1", s) for s in range(50)}) == 50
+    assert chain_seed(0, "q1", 0) != chain_seed(1, "q1", 0)
+    assert 0 <= chain_seed(3, "q", 2) < 2**63
