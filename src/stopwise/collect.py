@@ -64,6 +64,7 @@ class CollectConfig(BaseModel):
     dataset_size: int = Field(500, ge=1, description="questions generated for reasoning-gym datasets")
     batch_chains: int = Field(8, ge=1, description="chains decoded together")
     n_threads: int | None = None
+    flush_every: int = Field(32, ge=1, description="write a chunk after this many finished chains (or 20 s)")
 
     def chains_for(self, index: int) -> int:
         if self.chains_first and index < self.chains_first[0]:
@@ -72,7 +73,7 @@ class CollectConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the output (not how fast it is made)."""
-        return self.model_dump(exclude={"batch_chains", "n_threads"})
+        return self.model_dump(exclude={"batch_chains", "n_threads", "flush_every"})
 
 
 def chain_seed(seed: int, question_id: str, sample_id: int) -> int:
@@ -256,9 +257,10 @@ def collect(
         width = max(cfg.batch_chains, max_k)
         forcing_len = len(cfg.forcing) + 4
         if engine is None:
-            n_ctx = width * (cfg.max_tokens + forcing_len + cfg.probe_max_tokens + 8) + cfg.batch_chains * 1024
+            longest = max(len(it.question) for it, _ in todo) // 2 + 256  # a generous bound on prompt tokens
+            n_ctx_seq = longest + cfg.max_tokens + forcing_len + cfg.probe_max_tokens + 8
             engine = BatchEngine(
-                str(resolved.path), n_ctx=n_ctx, n_seq_max=min(256, 2 * width + 4), n_threads=cfg.n_threads
+                str(resolved.path), n_ctx_seq=n_ctx_seq, n_seq_max=min(256, 2 * width + 4), n_threads=cfg.n_threads
             )
         template = engine.metadata.get("tokenizer.chat_template")
         forcing_ids = engine.tokenize(cfg.forcing)
@@ -266,7 +268,7 @@ def collect(
         def prompt_ids(it: DatasetItem) -> list[int]:
             msgs = [{"role": "system", "content": ds.system_prompt}, {"role": "user", "content": it.question}]
             text = render_chat_template(template, msgs) if template else f"{ds.system_prompt}\n\n{it.question}\n\n"
-            return engine.tokenize(text)
+            return engine.tokenize_prompt(text)
 
         sampling0 = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens)
         live: dict[int, _Live] = {}
@@ -337,7 +339,7 @@ def collect(
                             engine.cancel(c)
                         live.clear()
                 now = time.monotonic()
-                if buffer and (now - last_flush > 20 or len(buffer) >= 32 or not (queue or live)):
+                if buffer and (now - last_flush > 20 or len(buffer) >= cfg.flush_every or not (queue or live)):
                     _write_chunk(state / "chunks", buffer)
                     buffer = []
                     last_flush = now

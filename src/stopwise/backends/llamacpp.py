@@ -7,9 +7,13 @@ runs probes, so chains of one prompt and chains of different prompts share the
 forward pass (on a CPU the weights are read once per step instead of once per
 chain, which is where the speed-up comes from).
 
-* Chains of one prompt share its KV cells: the prompt is prefilled once in one
-  sequence and copied to the others with ``llama_memory_seq_cp`` (in a unified
-  cache that adds sequence ids to cells; no data is copied).
+* Every sequence has its own KV stream (``kv_unified=False``): a chain's cells and
+  their order never depend on what else runs, which is what makes a chain with
+  probes token-identical to the same chain without them (in a shared cache the
+  probe's cells change where the chain's later cells go, and so the rounding of
+  its attention sums). A prompt is prefilled once and its cells copied to the
+  other chains of that prompt with ``llama_memory_seq_cp`` (a copy of a few MB,
+  far cheaper than prefilling again).
 * Sampling is done here with numpy from the raw logits, with one
   ``numpy.random.Generator`` per chain, so a chain's tokens depend only on its
   seed and its logits, not on what else is in the batch.
@@ -17,10 +21,11 @@ chain, which is where the speed-up comes from).
   logprob (log-softmax at temperature 1), the top-5 tokens with logprobs, the
   full-vocabulary entropy and DeepConf's token confidence (minus the mean of the
   top-20 logprobs).
-* A probe copies the chain's cells to a spare sequence id, prefills the chain's
+* A probe copies the chain's cells to a spare sequence, prefills the chain's
   pending token and the forcing string there, decodes greedily for a few tokens
-  and removes the spare sequence: the chain's own cells are never touched, so it
-  continues exactly as it would have without the probe.
+  in a decode call of its own, and removes the spare sequence: the chain's cells
+  and forward passes are never touched, so it continues exactly as it would have
+  without the probe.
 
 The engine is synchronous and not thread-safe; :class:`EmbeddedBackend` runs it
 on one worker thread behind the async :class:`~stopwise.backends.base.Backend`
@@ -167,24 +172,27 @@ class BatchEngine:
     ----------
     model_path : str
         A GGUF file.
-    n_ctx : int
-        KV cells shared by all sequences (prompts are shared between a prompt's chains).
+    n_ctx_seq : int
+        KV cells of each sequence (prompt + generated tokens + a probe must fit).
     n_seq_max : int
-        Sequence ids: chains plus probes in flight plus prompts being prefilled.
+        Sequences: chains plus probes in flight. KV memory is ``n_ctx_seq * n_seq_max`` cells.
     n_threads : int, optional
         CPU threads (default: all cores).
     n_batch : int
         Most tokens one decode call takes (prompt prefill is split to fit).
+    flash_attn : bool
+        Off by default, as in llama-cpp-python, so logits match its server's.
     """
 
     def __init__(
         self,
         model_path: str,
         *,
-        n_ctx: int = 8192,
+        n_ctx_seq: int = 1024,
         n_seq_max: int = 32,
         n_threads: int | None = None,
-        n_batch: int = 1024,
+        n_batch: int = 2048,
+        flash_attn: bool = False,
         verbose: bool = False,
     ) -> None:
         llama_cpp, internals = _import_llama_cpp()
@@ -200,11 +208,15 @@ class BatchEngine:
             raise BackendError(f"llama.cpp could not load '{model_path}': {exc}", hint="is it a GGUF file?") from exc
         n_seq_max = min(n_seq_max, llama_cpp.llama_max_parallel_sequences())
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = n_ctx
+        n_ctx_seq = int(math.ceil(n_ctx_seq / 256) * 256)
+        cparams.n_ctx = n_ctx_seq * n_seq_max
         cparams.n_batch = n_batch
         cparams.n_ubatch = n_batch
         cparams.n_seq_max = n_seq_max
-        cparams.kv_unified = True
+        cparams.kv_unified = False
+        # llama-cpp-python's own default (and so llama_cpp.server's): the same model gives
+        # the same logits in-process and behind the HTTP server
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         threads = n_threads or os.cpu_count() or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
@@ -213,7 +225,7 @@ class BatchEngine:
         except ValueError as exc:
             raise BackendError(f"llama.cpp could not create a context for '{model_path}': {exc}") from exc
         self.model_path = model_path
-        self.n_ctx = n_ctx
+        self.n_ctx_seq = n_ctx_seq
         self.n_batch = n_batch
         self.n_seq_max = n_seq_max
         self.n_vocab = self.model.n_vocab()
@@ -239,6 +251,12 @@ class BatchEngine:
         """Token ids of ``text`` (no BOS added; control tokens in text are parsed when ``special``)."""
         return self.model.tokenize(text.encode("utf-8"), False, special)
 
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Token ids of a whole prompt: BOS first where the model asks for it (as llama.cpp does)."""
+        add_bos = bool(self._ll.llama_vocab_get_add_bos(self.model.vocab))
+        ids = self.model.tokenize(text.encode("utf-8"), add_bos, True)
+        return ids
+
     def piece(self, token: int) -> bytes:
         return self._pieces[token]
 
@@ -258,15 +276,6 @@ class BatchEngine:
     def free_seqs(self) -> int:
         return len(self._free_seqs)
 
-    def kv_used(self) -> int:
-        """An upper bound on the KV cells in use (prompts are shared and counted once per prompt)."""
-        used = 0
-        for c in self._chains.values():
-            used += c.pos - c.prompt_len + 1
-        for p in self._prompts:
-            used += len(p.tokens)
-        return used + sum(len(p.forcing) + p.max_new + 1 for p in self._probes)
-
     def submit(self, prompt_tokens: Sequence[int], samplings: Sequence[Sampling]) -> list[int]:
         """Start one chain per entry of ``samplings`` on a shared prompt; returns chain ids.
 
@@ -285,10 +294,11 @@ class BatchEngine:
                 retryable=True,
                 hint="wait for running chains to finish or raise n_seq_max",
             )
-        if len(prompt_tokens) + max(s.max_tokens for s in samplings) > self.n_ctx:
+        if len(prompt_tokens) + max(s.max_tokens for s in samplings) + 32 > self.n_ctx_seq:
             raise ConfigError(
-                f"prompt of {len(prompt_tokens)} tokens plus max_tokens does not fit a context of {self.n_ctx}",
-                hint="lower max_tokens or raise n_ctx",
+                f"prompt of {len(prompt_tokens)} tokens plus max_tokens (and 32 for a probe) does not fit "
+                f"a per-sequence context of {self.n_ctx_seq}",
+                hint="lower max_tokens or raise n_ctx_seq",
             )
         chains = []
         for s in samplings:
@@ -352,66 +362,74 @@ class BatchEngine:
     # ---- one step ---------------------------------------------------------------------------
 
     def step(self) -> list[EngineEvent]:
-        """One decode call: prefill waiting prompts, advance every chain, run probes.
+        """Advance everything by one token: prefill waiting prompts, decode every chain, run probes.
 
-        Returns the events it produced, in order. Does nothing if idle.
+        Chains and prompts go through one ``llama_decode`` call; probes in flight go
+        through a second one, so the chains' forward pass is exactly the one they
+        would have without probes. Returns the events produced, in order; does
+        nothing if idle.
         """
-        events: list[EngineEvent] = []
-        # start probes requested since the last step (need a free sequence id each)
-        for c in list(self._chains.values()):
-            while c.probe_requests and self._free_seqs and c.finished is None and c.pending is not None:
-                cue, forcing, max_new, stop, with_pending = c.probe_requests.pop(0)
-                seq = self._free_seqs.pop()
-                # cells 0..pos-1 are shared with the chain; the probe prefills [pending] + forcing
-                self._ll.llama_memory_seq_cp(self.ctx.memory, c.seq, seq, -1, -1)
-                position = c.n_generated if with_pending else c.n_generated - 1
-                self._probes.append(_Probe(c, seq, forcing, max_new, cue, position, stop, with_pending, c.pending, pos=c.pos))
-        entries: list[tuple[str, Any]] = []  # what each logits row belongs to
-        b = self.batch
+        self._start_probes()
+        entries: list[tuple[str, Any]] = []
         n = 0
-
-        def add(tok: int, pos: int, seq: int, logits: bool) -> None:
-            nonlocal n
-            b.token[n] = tok
-            b.pos[n] = pos
-            b.n_seq_id[n] = 1
-            b.seq_id[n][0] = seq
-            b.logits[n] = 1 if logits else 0
-            n += 1
-
         for c in self._chains.values():
             if c.finished is None and c.pending is not None:
-                add(c.pending, c.pos, c.seq, True)
+                n = self._add(n, c.pending, c.pos, c.seq, True)
                 entries.append(("chain", c))
+        for pr in list(self._prompts):
+            if self.n_batch - n < len(pr.tokens):
+                if n == 0:
+                    raise ConfigError(f"prompt of {len(pr.tokens)} tokens exceeds n_batch {self.n_batch}")
+                break
+            seq0 = pr.chains[0].seq
+            for j, t in enumerate(pr.tokens):
+                n = self._add(n, t, j, seq0, j == len(pr.tokens) - 1)
+            entries.append(("prompt", pr))
+            self._prompts.remove(pr)
+        events = self._decode(entries, n)
+        entries, n = [], 0
         for p in self._probes:
             if p.prefill == 0:
                 toks = [p.pending, *p.forcing] if p.include_pending else list(p.forcing)
                 if n + len(toks) > self.n_batch:
                     continue
                 for j, t in enumerate(toks):
-                    add(t, p.pos + j, p.seq, j == len(toks) - 1)
+                    n = self._add(n, t, p.pos + j, p.seq, j == len(toks) - 1)
                 p.prefill = len(toks)
                 p.pos += len(toks)
                 entries.append(("probe", p))
-            elif not p.done:
-                add(p.generated[-1], p.pos, p.seq, True)
+            else:
+                n = self._add(n, p.generated[-1], p.pos, p.seq, True)
                 p.pos += 1
                 entries.append(("probe", p))
-        for pr in list(self._prompts):
-            room = self.n_batch - n
-            if room < len(pr.tokens):
-                if n == 0:
-                    raise ConfigError(f"prompt of {len(pr.tokens)} tokens exceeds n_batch {self.n_batch}")
-                break
-            seq0 = pr.chains[0].seq
-            for j, t in enumerate(pr.tokens):
-                add(t, j, seq0, j == len(pr.tokens) - 1)
-            entries.append(("prompt", pr))
-            self._prompts.remove(pr)
+        events += self._decode(entries, n)
+        return events
+
+    def _start_probes(self) -> None:
+        # a probe's sequence shares the chain's cells 0..pos-1; it prefills [pending] + forcing
+        for c in list(self._chains.values()):
+            while c.probe_requests and self._free_seqs and c.finished is None and c.pending is not None:
+                cue, forcing, max_new, stop, with_pending = c.probe_requests.pop(0)
+                seq = self._free_seqs.pop()
+                self._ll.llama_memory_seq_cp(self.ctx.memory, c.seq, seq, -1, -1)
+                position = c.n_generated if with_pending else c.n_generated - 1
+                self._probes.append(_Probe(c, seq, forcing, max_new, cue, position, stop, with_pending, c.pending, pos=c.pos))
+
+    def _add(self, n: int, tok: int, pos: int, seq: int, logits: bool) -> int:
+        b = self.batch
+        b.token[n] = tok
+        b.pos[n] = pos
+        b.n_seq_id[n] = 1
+        b.seq_id[n][0] = seq
+        b.logits[n] = 1 if logits else 0
+        return n + 1
+
+    def _decode(self, entries: list[tuple[str, Any]], n: int) -> list[EngineEvent]:
+        events: list[EngineEvent] = []
         if n == 0:
             return events
-        b.n_tokens = n
-        rc = self._ll.llama_decode(self.ctx.ctx, b)
+        self.batch.n_tokens = n
+        rc = self._ll.llama_decode(self.ctx.ctx, self.batch)
         if rc != 0:
             raise BackendError(
                 f"llama_decode returned {rc} (batch of {n} tokens, {len(self._chains)} chains)",
@@ -419,25 +437,22 @@ class BatchEngine:
                 hint="the KV cache is full: lower the number of concurrent chains or raise n_ctx" if rc == 1 else None,
             )
         self.tokens_decoded += n
-        logits_ptr = self._ll.llama_get_logits(self.ctx.ctx)
-        rows = np.ctypeslib.as_array(logits_ptr, shape=(len(entries), self.n_vocab))
+        rows = np.ctypeslib.as_array(self._ll.llama_get_logits(self.ctx.ctx), shape=(len(entries), self.n_vocab))
         for row, (kind, obj) in enumerate(entries):
             x = rows[row]
             if kind == "prompt":
-                pr = obj
-                for c in pr.chains[1:]:
-                    self._ll.llama_memory_seq_cp(self.ctx.memory, pr.chains[0].seq, c.seq, -1, -1)
-                for c in pr.chains:
-                    c.pos = len(pr.tokens)
+                for c in obj.chains[1:]:
+                    self._ll.llama_memory_seq_cp(self.ctx.memory, obj.chains[0].seq, c.seq, -1, -1)
+                for c in obj.chains:
+                    c.pos = len(obj.tokens)
                     if c.finished is None:
                         events.extend(self._sample(c, x))
                     else:
                         self._release(c)
             elif kind == "chain":
-                c = obj
-                c.pos += 1
-                c.pending = None
-                events.extend(self._sample(c, x))
+                obj.pos += 1
+                obj.pending = None
+                events.extend(self._sample(obj, x))
             else:
                 events.extend(self._probe_step(obj, x))
         return events
@@ -554,7 +569,7 @@ class EmbeddedBackend(Backend):
     ----------
     model : str
         ``embedded`` (Qwen2.5-Coder-0.5B-Instruct), ``embedded-1.5b``, ``smollm2`` or a GGUF path.
-    n_ctx, n_seq_max, n_threads :
+    n_ctx_seq, n_seq_max, n_threads :
         Passed to :class:`BatchEngine`.
     """
 
@@ -568,12 +583,12 @@ class EmbeddedBackend(Backend):
         token_ids=True,
     )
 
-    def __init__(self, model: str = "embedded", *, n_ctx: int = 8192, n_seq_max: int = 32, n_threads: int | None = None):
+    def __init__(self, model: str = "embedded", *, n_ctx_seq: int = 2048, n_seq_max: int = 32, n_threads: int | None = None):
         from stopwise.models import resolve_model
 
         self.resolved = resolve_model(model)
         self.name = self.resolved.name
-        self.engine = BatchEngine(str(self.resolved.path), n_ctx=n_ctx, n_seq_max=n_seq_max, n_threads=n_threads)
+        self.engine = BatchEngine(str(self.resolved.path), n_ctx_seq=n_ctx_seq, n_seq_max=n_seq_max, n_threads=n_threads)
         self._template = chat_template(self.engine.metadata)
         self._lock = threading.Condition()
         self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
@@ -632,7 +647,7 @@ class EmbeddedBackend(Backend):
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         q: asyncio.Queue = asyncio.Queue()
-        tokens = self.engine.tokenize(prompt)
+        tokens = self.engine.tokenize_prompt(prompt)
 
         def cmd() -> None:
             try:
@@ -664,7 +679,7 @@ class EmbeddedBackend(Backend):
                 self._call(lambda: self.engine.cancel(cid))
 
     async def continue_prefix(self, prompt: str, prefix: Sequence[TokenStep], forcing: str, max_tokens: int):
-        ids = self.engine.tokenize(prompt)
+        ids = self.engine.tokenize_prompt(prompt)
         if all(s.token_id is not None for s in prefix):
             ids += [int(s.token_id) for s in prefix]  # the exact prefix, never re-tokenized
         else:

@@ -1,0 +1,132 @@
+"""The embedded llama.cpp engine and backend on a real small model (SmolLM2-135M).
+
+These load a real GGUF model in-process; they skip when the ``[embedded]`` extra
+or the model package is missing, unless STOPWISE_REQUIRE_EMBEDDED=1 (CI).
+"""
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+
+from stopwise.backends.base import Sampling
+
+PROMPT = "<|im_start|>user\nWhat is 12 times 7? Think step by step.<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_path):
+    from stopwise.backends.llamacpp import BatchEngine
+
+    eng = BatchEngine(smollm2_path, n_ctx_seq=512, n_seq_max=24, n_threads=2)
+    yield eng
+    eng.close()
+
+
+def run(engine, cids, probe_every=0, forcing=None, cue_before=()):
+    """Drive the engine to completion; returns tokens and probes per chain."""
+    toks = {c: [] for c in cids}
+    probes = {c: [] for c in cids}
+    live = set(cids)
+    while live or any(engine.has_probes(c) for c in cids):
+        for ev in engine.step():
+            if ev.kind == "token":
+                toks[ev.chain].append(ev.step.token_id)
+                n = len(toks[ev.chain])
+                if probe_every and n % probe_every == 0:
+                    engine.request_probe(ev.chain, forcing, 6, cue="schedule")
+                if n in cue_before:
+                    engine.request_probe(ev.chain, forcing, 4, cue="wait", include_pending=False)
+            elif ev.kind == "probe":
+                probes[ev.chain].append(ev.probe)
+            elif ev.kind == "finished":
+                live.discard(ev.chain)
+    return toks, probes
+
+
+def test_probes_leave_the_chain_token_identical(engine):
+    ids = engine.tokenize_prompt(PROMPT)
+    forcing = engine.tokenize("\n\nFinal answer: $\\boxed{")
+    s = Sampling(temperature=0.8, max_tokens=48, seed=1234)
+    (a,), _ = run(engine, engine.submit(ids, [s]))[0].items(), None
+    plain = a[1]
+    toks, probes = run(engine, engine.submit(ids, [s]), probe_every=5, forcing=forcing, cue_before=(7, 13))
+    (cid,) = toks
+    assert toks[cid] == plain
+    got = probes[cid]
+    assert len(got) >= len(plain) // 5  # every 5 tokens, plus two before-cue probes
+    assert {p.position for p in got if p.cue == "wait"} == {6, 12}
+    for p in got:
+        assert p.prefill_tokens == len(forcing) + (0 if p.cue == "wait" else 1)
+        assert 1 <= p.decode_tokens <= 6 and math.isfinite(p.logprob) and p.logprob <= 0
+
+
+def test_chains_of_one_prompt_share_it_and_depend_only_on_their_seed(engine):
+    ids = engine.tokenize_prompt(PROMPT)
+    seeds = [11, 22, 11, 33]
+    toks, _ = run(engine, engine.submit(ids, [Sampling(temperature=1.0, max_tokens=32, seed=s) for s in seeds]))
+    seqs = list(toks.values())
+    assert seqs[0] == seqs[2]  # same seed, same prompt → same chain
+    assert seqs[0] != seqs[1] or seqs[0] != seqs[3]
+    # the same chain decoded alone gives the same tokens as inside the batch
+    alone, _ = run(engine, engine.submit(ids, [Sampling(temperature=1.0, max_tokens=32, seed=22)]))
+    assert list(alone.values())[0] == seqs[1]
+
+
+def test_logprobs_are_raw_log_softmax_and_match_llama_cpp(engine, smollm2_path):
+    """Greedy tokens and logprobs agree with llama-cpp-python's own (slow) logprob path."""
+    from llama_cpp import Llama
+
+    ids = engine.tokenize_prompt(PROMPT)
+    cids = engine.submit(ids, [Sampling(temperature=0.0, max_tokens=12, seed=0)])
+    steps = []
+    while engine.n_active:
+        steps += [ev.step for ev in engine.step() if ev.kind == "token"]
+    llm = Llama(smollm2_path, n_ctx=512, logits_all=True, verbose=False, n_threads=2)
+    assert llm.tokenize(PROMPT.encode(), special=True) == ids  # same prompt tokens (BOS as the model wants)
+    out = llm.create_completion(ids, max_tokens=12, temperature=0.0, logprobs=5)
+    ref = out["choices"][0]["logprobs"]
+    assert "".join(s.text for s in steps) == out["choices"][0]["text"]
+    np.testing.assert_allclose([s.logprob for s in steps], ref["token_logprobs"], atol=2e-3)
+    for s, top in zip(steps, ref["top_logprobs"]):
+        assert s.top_tokens[0] in top
+        assert s.top_logprobs == sorted(s.top_logprobs, reverse=True)
+        assert s.entropy >= 0 and s.confidence >= -s.top_logprobs[0] - 1e-6
+    # sampling temperature does not change the recorded logprobs (temperature-1 convention)
+    cids = engine.submit(ids, [Sampling(temperature=0.3, top_k=1, max_tokens=12, seed=0)])
+    hot = []
+    while engine.n_active:
+        hot += [ev.step for ev in engine.step() if ev.kind == "token"]
+    np.testing.assert_allclose([s.logprob for s in hot], [s.logprob for s in steps], atol=1e-4)
+
+
+def test_embedded_backend_streams_and_cancels(smollm2_path):
+    from stopwise.backends.llamacpp import EmbeddedBackend
+
+    async def main():
+        be = EmbeddedBackend(smollm2_path, n_ctx_seq=512, n_seq_max=8)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "Count from 1 to 50."}])
+            assert "<|im_start|>assistant" in prompt
+            got = []
+            agen = be.stream(prompt, Sampling(temperature=0.0, max_tokens=200, seed=1))
+            async for st in agen:
+                got.append(st)
+                if len(got) == 5:
+                    break
+            await agen.aclose()
+            for _ in range(50):  # the cancel reaches the worker thread at its next turn
+                if be.engine.n_active == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert be.engine.n_active == 0 and len(got) == 5
+            assert be.engine.free_seqs == 8  # every sequence id is back
+            res = await be.sample(prompt, Sampling(temperature=0.9, max_tokens=8, seed=5), 3)
+            assert [len(r.steps) for r in res] == [8, 8, 8]
+            text, lp, prefill, dec = await be.continue_prefix(prompt, res[0].steps, " So the answer is", 4)
+            assert prefill > 8 and 1 <= dec <= 4 and lp <= 0
+        finally:
+            await be.aclose()
+
+    asyncio.run(main())
