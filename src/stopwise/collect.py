@@ -233,8 +233,8 @@ def collect(
 
     out = Path(out)
     command = command or " ".join(shlex.quote(a) for a in ["stopwise", *sys.argv[1:]])
+    ds, items = _select(cfg)  # bad dataset names fail before anything is written
     state = _open_state(out, cfg, command)
-    ds, items = _select(cfg)
     done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
     # first every question's base chains, then the extra chains of the first M questions,
     # so a partial collection is a usable set early (see assemble(complete_only=True))

@@ -53,6 +53,7 @@ from stopwise.backends.base import (
     Sampling,
     TokenStep,
 )
+from stopwise.backends.chat import chat_template, render_chat_template  # noqa: F401 - re-exported
 from stopwise.errors import BackendError, ConfigError, MissingExtraError
 
 TOP_N = 5
@@ -538,28 +539,6 @@ def _silent_log(llama_cpp):
 
         _LOG_CB = _cb
     return _LOG_CB
-
-
-def chat_template(metadata: dict[str, str]) -> str | None:
-    """The Jinja chat template a GGUF file carries, if any."""
-    return metadata.get("tokenizer.chat_template")
-
-
-def render_chat_template(template: str, messages: Sequence[dict[str, str]], *, eos: str = "", bos: str = "") -> str:
-    """Render a Hugging Face Jinja chat template with the generation prompt."""
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError as exc:  # jinja2 comes with llama-cpp-python
-        raise MissingExtraError("chat templates", "embedded", "jinja2") from exc
-
-    def raise_exception(msg: str):
-        raise ConfigError(f"chat template error: {msg}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(
-        messages=list(messages), add_generation_prompt=True, eos_token=eos, bos_token=bos
-    )
 
 
 class EmbeddedBackend(Backend):

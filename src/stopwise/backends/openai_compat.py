@@ -1,0 +1,381 @@
+"""Any OpenAI-compatible HTTP server as a backend: vLLM, SGLang, llama.cpp's
+server, ``llama_cpp.server``, Ollama, or a hosted API.
+
+Chains go through ``/v1/completions`` with a raw prompt (the chat template is
+applied here, client-side), so probes and answer forcing can continue a prefix
+exactly; plain chat goes through ``/v1/chat/completions``. Streams are read as
+server-sent events with ``logprobs``; closing the iterator closes the HTTP
+stream, which is how every one of these servers learns to stop generating.
+
+* ``n``: some servers ignore it; :meth:`OpenAICompatBackend.sample` asks once,
+  counts the choices, and falls back to parallel requests if it got fewer.
+* Prefix continuation sends token ids where the server accepts a token-id
+  prompt (vLLM, SGLang), detected once; otherwise the prefix text.
+* Timeouts: connect, and read (a stall longer than ``read_timeout`` between two
+  chunks ends the stream with a retryable :class:`BackendError`). Probe requests
+  are idempotent and retried ``retries`` times on retryable errors.
+
+``httpx`` is imported lazily (extra ``[http]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from stopwise.backends.base import Backend, Capabilities, ChainResult, Sampling, TokenStep
+from stopwise.errors import BackendError, MissingExtraError
+
+
+def _httpx():
+    try:
+        import httpx
+    except ImportError as exc:
+        raise MissingExtraError("the OpenAI-compatible HTTP backend", "http", "httpx") from exc
+    return httpx
+
+
+def _steps_from_completion_logprobs(lp: dict[str, Any] | None, text: str) -> list[TokenStep]:
+    """TokenSteps from the legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs)."""
+    if not lp or not lp.get("tokens"):
+        return [TokenStep(text=text)] if text else []
+    out = []
+    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+    lps = lp.get("token_logprobs") or [None] * len(lp["tokens"])
+    for tok, l, top in zip(lp["tokens"], lps, tops):
+        items = sorted((top or {}).items(), key=lambda kv: -kv[1])
+        out.append(
+            TokenStep(
+                text=tok,
+                logprob=math.nan if l is None else float(l),
+                top_tokens=[k for k, _ in items],
+                top_logprobs=[float(v) for _, v in items],
+            )
+        )
+    return out
+
+
+def _steps_from_chat_logprobs(lp: dict[str, Any] | None, text: str) -> list[TokenStep]:
+    """TokenSteps from the chat ``logprobs.content`` list."""
+    content = (lp or {}).get("content") if lp else None
+    if not content:
+        return [TokenStep(text=text)] if text else []
+    out = []
+    for e in content:
+        tops = e.get("top_logprobs") or []
+        out.append(
+            TokenStep(
+                text=e.get("token", ""),
+                logprob=float(e.get("logprob", math.nan)),
+                top_tokens=[t.get("token", "") for t in tops],
+                top_logprobs=[float(t.get("logprob", math.nan)) for t in tops],
+            )
+        )
+    return out
+
+
+class OpenAICompatBackend(Backend):
+    """A backend that speaks the OpenAI HTTP API.
+
+    Parameters
+    ----------
+    base_url : str
+        e.g. ``http://127.0.0.1:8080`` (``/v1`` is added when missing).
+    model : str, optional
+        The ``model`` field sent upstream (default: the first of ``GET /v1/models``).
+    api_key : str, optional
+        Sent as a bearer token.
+    chat_template : str, optional
+        A Jinja chat template for client-side rendering; without one the backend asks
+        the server (llama.cpp's ``/props``) and otherwise uses ChatML.
+    top_logprobs : int
+        Top logprobs requested per position (most servers allow up to 5 or 20).
+    connect_timeout, read_timeout : float
+        Seconds to connect, and the longest silence between two chunks.
+    retries : int
+        Retries of idempotent requests (probes, forcing, model list) on retryable errors.
+    """
+
+    capabilities = Capabilities(logprobs=True, top_k=5, prefix_continuation=True)
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        chat_template: str | None = None,
+        top_logprobs: int = 5,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        retries: int = 2,
+    ) -> None:
+        httpx = _httpx()
+        url = base_url.rstrip("/")
+        self.root = url[: -len("/v1")] if url.endswith("/v1") else url
+        self.base = self.root + "/v1"
+        self.name = model or "upstream"
+        self._model = model
+        self._template = chat_template
+        self.top_logprobs = top_logprobs
+        self.retries = retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=10.0, pool=connect_timeout)
+        self._client = httpx.AsyncClient(headers=headers, timeout=self.timeout)
+        self.n_supported: bool | None = None
+        self.token_prompts: bool | None = None
+
+    # ---- errors ---------------------------------------------------------------------------
+
+    def _map(self, exc: Exception, what: str) -> BackendError:
+        httpx = _httpx()
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, httpx.ConnectError):
+            return BackendError(f"{what}: cannot connect to {self.root}: {exc}", retryable=True, hint="is the server running and the URL right?")
+        if isinstance(exc, httpx.TimeoutException):
+            return BackendError(f"{what}: upstream {self.root} timed out ({type(exc).__name__})", retryable=True, hint="the server is overloaded or stalled; raise read_timeout if it is slow")
+        if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+            return BackendError(f"{what}: connection to {self.root} broke: {exc}", retryable=True)
+        return BackendError(f"{what}: {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    async def _status_error(resp: Any, what: str) -> BackendError:
+        try:
+            body = (await resp.aread()).decode("utf-8", errors="replace")
+        except Exception:  # noqa: BLE001 - best effort for the message
+            body = ""
+        msg = body[:300]
+        try:
+            obj = json.loads(body)
+            err = obj.get("error", obj)
+            msg = err.get("message", msg) if isinstance(err, dict) else str(err)
+        except (ValueError, AttributeError):
+            pass
+        code = resp.status_code
+        return BackendError(
+            f"{what}: upstream answered HTTP {code}: {msg}",
+            retryable=code in (408, 409, 429) or code >= 500,
+            status=code,
+        )
+
+    async def _post_json(self, path: str, body: dict[str, Any], what: str, *, retry: bool) -> dict[str, Any]:
+        attempts = 1 + (self.retries if retry else 0)
+        last: BackendError | None = None
+        for i in range(attempts):
+            try:
+                resp = await self._client.post(self.base + path, json=body)
+                if resp.status_code >= 400:
+                    raise await self._status_error(resp, what)
+                try:
+                    return resp.json()
+                except ValueError as exc:
+                    raise BackendError(f"{what}: upstream sent a body that is not JSON: {resp.text[:200]!r}", retryable=True) from exc
+            except Exception as exc:  # noqa: BLE001 - mapped here, at the boundary
+                last = self._map(exc, what)
+                if not last.retryable or i == attempts - 1:
+                    raise last from exc
+                await asyncio.sleep(0.2 * 2**i)
+        raise last  # type: ignore[misc]
+
+    # ---- model and template --------------------------------------------------------------
+
+    async def model_id(self) -> str:
+        if self._model is None:
+            try:
+                resp = await self._client.get(self.base + "/models")
+                if resp.status_code >= 400:
+                    raise await self._status_error(resp, "GET /v1/models")
+                data = resp.json().get("data") or []
+            except Exception as exc:  # noqa: BLE001
+                raise self._map(exc, "GET /v1/models") from exc
+            if not data:
+                raise BackendError(f"{self.base}/models lists no model", hint="pass model=...")
+            self._model = str(data[0]["id"])
+            self.name = self._model
+        return self._model
+
+    def model_info(self) -> dict[str, Any]:
+        return {"model": self._model or self.name, "backend": f"OpenAI-compatible HTTP ({self.root})", "chat_template": self._template}
+
+    async def fetch_chat_template(self) -> str | None:
+        """The template the server reports (llama.cpp server's ``/props``), if any."""
+        if self._template is None:
+            try:
+                resp = await self._client.get(self.root + "/props")
+                if resp.status_code == 200:
+                    self._template = resp.json().get("chat_template") or None
+            except Exception:  # noqa: BLE001 - optional endpoint
+                pass
+        return self._template
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        if self._template:
+            from stopwise.backends.chat import render_chat_template
+
+            return render_chat_template(self._template, messages)
+        # ChatML (Qwen, SmolLM2 and many others)
+        parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+        return "".join(parts) + "<|im_start|>assistant\n"
+
+    # ---- generation -------------------------------------------------------------------------
+
+    def _completion_body(self, prompt: Any, sampling: Sampling, *, stream: bool, n: int = 1) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self._model,
+            "prompt": prompt,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stream": stream,
+            "logprobs": self.top_logprobs,
+            "n": n,
+        }
+        if sampling.top_k > 0:
+            body["top_k"] = sampling.top_k
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        return body
+
+    async def _sse(self, path: str, body: dict[str, Any], what: str) -> AsyncIterator[dict[str, Any]]:
+        """Yield the JSON events of one streamed request; closing it closes the HTTP stream."""
+        try:
+            async with self._client.stream("POST", self.base + path, json=body) as resp:
+                if resp.status_code >= 400:
+                    raise await self._status_error(resp, what)
+                async for line in resp.aiter_lines():
+                    line = line.strip()
+                    if not line or line.startswith(":"):
+                        continue
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        obj = json.loads(data)
+                    except ValueError as exc:
+                        raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120]!r}", retryable=True) from exc
+                    if not isinstance(obj, dict):
+                        raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120]!r}", retryable=True)
+                    if "error" in obj:
+                        err = obj["error"]
+                        raise BackendError(f"{what}: upstream error mid-stream: {err.get('message', err) if isinstance(err, dict) else err}", retryable=True)
+                    yield obj
+                raise BackendError(f"{what}: upstream {self.root} ended the stream without [DONE]", retryable=True)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped here
+            if isinstance(exc, (GeneratorExit, asyncio.CancelledError)):
+                raise
+            raise self._map(exc, what) from exc
+
+    async def stream(self, prompt: str, sampling: Sampling) -> AsyncIterator[TokenStep]:
+        await self.model_id()
+        body = self._completion_body(prompt, sampling, stream=True)
+        events = self._sse("/completions", body, "POST /v1/completions")
+        try:
+            async for obj in events:
+                for ch in obj.get("choices") or []:
+                    for st in _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or ""):
+                        yield st
+        finally:
+            await events.aclose()
+
+    async def stream_chat(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> AsyncIterator[TokenStep]:
+        """Stream a chat completion (the server applies its own template)."""
+        await self.model_id()
+        body: dict[str, Any] = {
+            "model": self._model,
+            "messages": list(messages),
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stream": True,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+        }
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
+        events = self._sse("/chat/completions", body, "POST /v1/chat/completions")
+        try:
+            async for obj in events:
+                for ch in obj.get("choices") or []:
+                    delta = ch.get("delta") or {}
+                    for st in _steps_from_chat_logprobs(ch.get("logprobs"), delta.get("content") or ""):
+                        yield st
+        finally:
+            await events.aclose()
+
+    async def sample(self, prompt: str, sampling: Sampling, n: int) -> list[ChainResult]:
+        await self.model_id()
+        results: list[ChainResult] = []
+        if self.n_supported is not False and n > 1:
+            obj = await self._post_json("/completions", self._completion_body(prompt, sampling, stream=False, n=n), "POST /v1/completions (n)", retry=sampling.seed is not None)
+            choices = obj.get("choices") or []
+            self.n_supported = len(choices) >= n
+            for ch in choices[:n]:
+                steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "")
+                results.append(ChainResult(steps, ch.get("finish_reason") or "stop", seed=sampling.seed))
+        rest = n - len(results)
+        if rest > 0:
+            async def one(i: int) -> ChainResult:
+                seed = None if sampling.seed is None else sampling.seed + len(results) + i
+                s = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens, seed, sampling.stop)
+                obj = await self._post_json("/completions", self._completion_body(prompt, s, stream=False), "POST /v1/completions", retry=seed is not None)
+                ch = (obj.get("choices") or [{}])[0]
+                return ChainResult(_steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or ""), ch.get("finish_reason") or "stop", seed=seed)
+
+            results += await asyncio.gather(*(one(i) for i in range(rest)))
+        return results
+
+    async def continue_prefix(self, prompt: str, prefix: Sequence[TokenStep], forcing: str, max_tokens: int):
+        await self.model_id()
+        greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=max_tokens, seed=0)
+        ids = [s.token_id for s in prefix]
+        obj = None
+        if self.token_prompts is not False and prefix and all(i is not None for i in ids):
+            # token-id prompts (vLLM, SGLang) need the prompt's ids too, which only the
+            # server's tokenizer gives; use its /tokenize where it has one
+            obj = await self._try_token_prompt(prompt, ids, forcing, greedy)
+        if obj is None:
+            text = prompt + "".join(s.text for s in prefix) + forcing
+            obj = await self._post_json("/completions", self._completion_body(text, greedy, stream=False), "POST /v1/completions (probe)", retry=True)
+        ch = (obj.get("choices") or [{}])[0]
+        steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "")
+        lp = sum(s.logprob for s in steps if not math.isnan(s.logprob))
+        usage = obj.get("usage") or {}
+        return ch.get("text") or "", lp, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or len(steps))
+
+    async def _try_token_prompt(self, prompt: str, ids: list, forcing: str, greedy: Sampling) -> dict[str, Any] | None:
+        try:
+            resp = await self._client.post(self.root + "/tokenize", json={"model": self._model, "prompt": prompt, "content": prompt})
+            if resp.status_code != 200:
+                self.token_prompts = False
+                return None
+            data = resp.json()
+            head = data.get("tokens") or []
+            resp = await self._client.post(self.root + "/tokenize", json={"model": self._model, "prompt": forcing, "content": forcing, "add_special": False})
+            tail = resp.json().get("tokens") or [] if resp.status_code == 200 else None
+            if not head or tail is None or not all(isinstance(t, int) for t in head + tail):
+                self.token_prompts = False
+                return None
+            obj = await self._post_json("/completions", self._completion_body(head + ids + tail, greedy, stream=False), "POST /v1/completions (token probe)", retry=True)
+            self.token_prompts = True
+            return obj
+        except BackendError as exc:
+            if exc.status is not None and 400 <= exc.status < 500:
+                self.token_prompts = False
+                return None
+            raise
+        except Exception:  # noqa: BLE001 - the optional endpoint is absent or different
+            self.token_prompts = False
+            return None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,262 @@
+"""The OpenAI-compatible HTTP backend against a real upstream on loopback:
+``python -m llama_cpp.server`` serving SmolLM2-135M, plus small misbehaving
+servers for the error paths."""
+
+import asyncio
+import math
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from stopwise.backends.base import Sampling
+from stopwise.errors import BackendError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def upstream(smollm2_path, tmp_path_factory):
+    import importlib.util
+
+    if importlib.util.find_spec("sse_starlette") is None:
+        pytest.skip("llama-cpp-python[server] not installed")
+    port = free_port()
+    log = tmp_path_factory.mktemp("srv") / "server.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", smollm2_path, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
+            stdout=f, stderr=subprocess.STDOUT,
+        )
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("llama_cpp.server did not start: " + log.read_text()[-2000:])
+    yield url, log
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def backend(url, **kw):
+    from stopwise.backends.openai_compat import OpenAICompatBackend
+
+    return OpenAICompatBackend(url, **kw)
+
+
+def test_stream_with_logprobs_and_chat(upstream):
+    url, _ = upstream
+
+    async def main():
+        be = backend(url)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "Name three colors."}])
+            steps = [s async for s in be.stream(prompt, Sampling(temperature=0.7, max_tokens=12, seed=3))]
+            assert 1 <= len(steps) <= 12
+            for s in steps:
+                assert s.logprob <= 0 and len(s.top_logprobs) == 5
+                assert s.top_logprobs == sorted(s.top_logprobs, reverse=True)
+                assert s.top_logprobs[0] >= s.logprob - 1e-6
+            chat = [s async for s in be.stream_chat([{"role": "user", "content": "Say hi."}], Sampling(temperature=0.0, max_tokens=6))]
+            assert chat and "".join(s.text for s in chat).strip()
+        finally:
+            await be.aclose()
+
+    asyncio.run(main())
+
+
+def test_n_is_detected_and_parallel_fallback(upstream):
+    url, _ = upstream
+
+    async def main():
+        be = backend(url)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "Pick a number."}])
+            res = await be.sample(prompt, Sampling(temperature=1.0, max_tokens=5, seed=1), 3)
+            assert len(res) == 3 and all(r.steps for r in res)
+            assert be.n_supported is False  # llama_cpp.server ignores n
+        finally:
+            await be.aclose()
+
+    asyncio.run(main())
+
+
+def test_prefix_continuation_probe(upstream):
+    url, _ = upstream
+
+    async def main():
+        be = backend(url)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "What is 2 + 3?"}])
+            steps = [s async for s in be.stream(prompt, Sampling(temperature=0.0, max_tokens=8))]
+            text, lp, prefill, dec = await be.continue_prefix(prompt, steps, "\nFinal answer: \\boxed{", 6)
+            assert isinstance(text, str) and 1 <= dec <= 6 and prefill > len(steps) and lp <= 0
+            # the continuation equals a plain greedy completion of the same text
+            full = prompt + "".join(s.text for s in steps) + "\nFinal answer: \\boxed{"
+            again = [s async for s in be.stream(full, Sampling(temperature=0.0, top_k=0, top_p=1.0, max_tokens=6))]
+            assert "".join(s.text for s in again)[:2] == text[:2]
+        finally:
+            await be.aclose()
+
+    asyncio.run(main())
+
+
+def test_closing_a_stream_stops_the_upstream_generation(upstream):
+    """An abandoned chain must not keep the (one-at-a-time) upstream busy."""
+    url, log = upstream
+
+    async def main():
+        be = backend(url)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "Write a very long story about a dragon."}])
+            agen = be.stream(prompt, Sampling(temperature=0.8, max_tokens=3000, seed=7))
+            n = 0
+            async for _ in agen:
+                n += 1
+                if n == 5:
+                    break
+            await agen.aclose()
+            t = time.monotonic()
+            res = await be.sample(prompt, Sampling(temperature=0.0, max_tokens=4), 1)
+            waited = time.monotonic() - t
+            return n, res, waited
+        finally:
+            await be.aclose()
+
+    n, res, waited = asyncio.run(main())
+    assert n == 5 and res[0].steps
+    # 3000 tokens at SmolLM2's speed on 2 cores take well over 20 s; the next request
+    # is served at once because the abandoned generation stopped
+    assert waited < 15, f"next request waited {waited:.1f} s: the abandoned stream kept generating"
+    for _ in range(50):
+        if "Disconnected from client" in log.read_text():
+            break
+        time.sleep(0.1)
+    assert "Disconnected from client" in log.read_text()
+
+
+# ---- misbehaving upstreams ---------------------------------------------------------------
+
+
+def _serve(handler):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def loop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=handler, args=(conn, stop), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return f"http://127.0.0.1:{srv.getsockname()[1]}", lambda: (stop.set(), srv.close())
+
+
+def _read_request(conn):
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+def test_dead_upstream_is_a_retryable_error_not_a_hang():
+    port = free_port()  # nothing listens here
+
+    async def main():
+        be = backend(f"http://127.0.0.1:{port}", model="m", retries=0)
+        try:
+            with pytest.raises(BackendError, match="cannot connect") as ei:
+                [s async for s in be.stream("x", Sampling(max_tokens=3))]
+            assert ei.value.retryable
+        finally:
+            await be.aclose()
+
+    t = time.monotonic()
+    asyncio.run(main())
+    assert time.monotonic() - t < 10
+
+
+def test_stalled_upstream_times_out():
+    def stall(conn, stop):
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        conn.sendall(b'data: {"choices": [{"text": "a", "index": 0}]}\n\n')
+        stop.wait(30)
+        conn.close()
+
+    url, close = _serve(stall)
+
+    async def main():
+        be = backend(url, model="m", read_timeout=1.0)
+        got = []
+        try:
+            with pytest.raises(BackendError, match="timed out") as ei:
+                async for s in be.stream("x", Sampling(max_tokens=3)):
+                    got.append(s)
+            assert ei.value.retryable and [s.text for s in got] == ["a"]
+        finally:
+            await be.aclose()
+
+    t = time.monotonic()
+    try:
+        asyncio.run(main())
+    finally:
+        close()
+    assert time.monotonic() - t < 8
+
+
+def test_garbage_and_http_errors_are_named():
+    def garbage(conn, stop):
+        _read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {not json\n\n")
+        conn.close()
+
+    def refuse(conn, stop):
+        _read_request(conn)
+        body = b'{"error": {"message": "model not found", "type": "invalid_request_error"}}'
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        conn.close()
+
+    async def main(url, match, retryable):
+        be = backend(url, model="m", retries=0)
+        try:
+            with pytest.raises(BackendError, match=match) as ei:
+                [s async for s in be.stream("x", Sampling(max_tokens=3))]
+            assert ei.value.retryable is retryable
+        finally:
+            await be.aclose()
+
+    for handler, match, retry in [(garbage, "malformed stream chunk", True), (refuse, "HTTP 404: model not found", False)]:
+        url, close = _serve(handler)
+        try:
+            asyncio.run(main(url, match, retry))
+        finally:
+            close()
