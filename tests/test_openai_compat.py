@@ -260,3 +260,20 @@ def test_garbage_and_http_errors_are_named():
             asyncio.run(main(url, match, retry))
         finally:
             close()
+
+
+def test_collect_through_the_http_backend(upstream, tmp_path):
+    """`stopwise collect --model http://...` against the real upstream: chains, logprobs, probes."""
+    from stopwise.collect import CollectConfig, collect
+    from stopwise.traces.io import read_trace_set
+
+    url, _ = upstream
+    cfg = CollectConfig(dataset="gsm8k", model=url, questions=2, chains=2, max_tokens=24, probe_every=8, batch_chains=2)
+    ts = read_trace_set(collect(cfg, tmp_path / "http"))
+    assert ts.n_questions == 2 and ts.n_chains == 4
+    for r in ts.chains.to_pylist():
+        assert r["n_tokens"] == len(r["tokens"]) == len(r["token_logprobs"]) and r["entropy"] is None
+        assert all(len(t) == 5 for t in r["top_logprobs"])
+        sched = [p for p, c in zip(r["probe_position"], r["probe_cue"]) if c == "schedule"]
+        assert sched == [p for p in (8, 16) if p < r["n_tokens"]] and all(c > 0 for c in r["probe_cost"])
+    assert "OpenAI-compatible server" in ts.provenance.model

@@ -64,7 +64,7 @@ class CollectConfig(BaseModel):
     dataset_size: int = Field(500, ge=1, description="questions generated for reasoning-gym datasets")
     batch_chains: int = Field(8, ge=1, description="chains decoded together")
     n_threads: int | None = None
-    flush_every: int = Field(32, ge=1, description="write a chunk after this many finished chains (or 20 s)")
+    flush_every: int = Field(32, ge=1, description="write a chunk after this many finished chains (or 60 s)")
 
     def chains_for(self, index: int) -> int:
         if self.chains_first and index < self.chains_first[0]:
@@ -251,6 +251,15 @@ def collect(
             extra.append((it, [s for s in missing if s >= cfg.chains]))
     todo += extra
     n_done0 = total - sum(len(m) for _, m in todo)
+    if is_http(cfg.model):
+        resolved = _HttpModel(cfg.model)
+        if todo:
+            import asyncio
+
+            finished = asyncio.run(_collect_http(cfg, state, ds, todo, total - sum(len(m) for _, m in todo), total, len(items), progress, stop_after_chains))
+            if not finished:
+                return None
+        return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False)
     resolved = resolve_model(cfg.model)
     if todo:
         max_k = max(len(m) for _, m in todo)
@@ -339,7 +348,7 @@ def collect(
                             engine.cancel(c)
                         live.clear()
                 now = time.monotonic()
-                if buffer and (now - last_flush > 20 or len(buffer) >= cfg.flush_every or not (queue or live)):
+                if buffer and (now - last_flush > 60 or len(buffer) >= cfg.flush_every or not (queue or live)):
                     _write_chunk(state / "chunks", buffer)
                     buffer = []
                     last_flush = now
@@ -361,6 +370,123 @@ def collect(
         if stopping and n_done0 + new_chains < total:
             return None
     return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False)
+
+
+def is_http(model: str) -> bool:
+    return model.startswith(("http://", "https://"))
+
+
+@dataclass
+class _HttpModel:
+    """What provenance records for an HTTP upstream (no file, no sha256)."""
+
+    url: str
+
+    @property
+    def title(self) -> str:
+        return f"OpenAI-compatible server at {self.url}"
+
+    sha256 = None
+
+
+async def _collect_http(
+    cfg: CollectConfig,
+    state: Path,
+    ds: Dataset,
+    todo: list[tuple[DatasetItem, list[int]]],
+    n_done0: int,
+    total: int,
+    n_questions: int,
+    progress: ProgressFn | None,
+    stop_after_chains: int | None,
+) -> bool:
+    """Collect through an OpenAI-compatible server: chains as parallel streams, probes as
+    side requests that continue the chain's prefix (the server's prefix cache, if any,
+    makes them cheap). Entropy is not available over HTTP; token confidence is computed
+    from the top logprobs the server returns."""
+    import asyncio
+
+    from stopwise.backends.openai_compat import OpenAICompatBackend
+
+    be = OpenAICompatBackend(cfg.model, top_logprobs=max(cfg.top_k, 1))
+    await be.fetch_chat_template()
+    sem = asyncio.Semaphore(cfg.batch_chains)
+    buffer: list[dict[str, Any]] = []
+    counters = {"new": 0, "tokens": 0}
+    q_left: dict[str, int] = {}
+    for it, m in todo:
+        q_left[it.question_id] = q_left.get(it.question_id, 0) + len(m)
+    t0 = time.monotonic()
+    last_flush = [t0]
+    stop = asyncio.Event()
+
+    async def probe(prompt: str, prefix: list[Any], pos: int, cue: str) -> tuple[int, str | None, float, int, str]:
+        text, lp, prefill, dec = await be.continue_prefix(prompt, prefix, cfg.forcing, cfg.probe_max_tokens)
+        return (pos, probe_answer(text), lp, prefill + dec, cue)
+
+    async def chain(it: DatasetItem, sid: int) -> None:
+        async with sem:
+            if stop.is_set():
+                return
+            prompt = be.render_chat([{"role": "system", "content": ds.system_prompt}, {"role": "user", "content": it.question}])
+            seed = chain_seed(cfg.seed, it.question_id, sid)
+            smp = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens, seed)
+            lc = _Live(it, sid, seed, [], [], [], [], [], [], [], [], set())
+            steps: list[Any] = []
+            tasks = []
+            async for st in be.stream(prompt, smp):
+                prev = lc.tokens[-1] if lc.tokens else ""
+                steps.append(st)
+                lc.tokens.append(st.text)
+                lc.raw.append(st.text.encode("utf-8"))
+                lc.logprobs.append(st.logprob)
+                lc.top_lp.append(st.top_logprobs[: cfg.top_k])
+                lc.top_tok.append(st.top_tokens[: cfg.top_k])
+                lc.conf.append(-sum(st.top_logprobs) / len(st.top_logprobs) if st.top_logprobs else math.nan)
+                counters["tokens"] += 1
+                n = len(lc.tokens)
+                cue, before = token_cue(st.text, prev) if cfg.cue_probes else (None, False)
+                if cue is not None:
+                    pos = n - 1 if before else n
+                    if pos > 0 and pos not in lc.probed_at:
+                        lc.probed_at.add(pos)
+                        tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
+                if cfg.probe_every and n % cfg.probe_every == 0 and n not in lc.probed_at and n < cfg.max_tokens:
+                    lc.probed_at.add(n)
+                    tasks.append(asyncio.create_task(probe(prompt, steps[:n], n, "schedule")))
+            lc.probes = list(await asyncio.gather(*tasks))
+            lc.finish = "length" if len(lc.tokens) >= cfg.max_tokens else "stop"
+            lc.entropy = None  # type: ignore[assignment]
+            buffer.append(_record(lc, cfg))
+            counters["new"] += 1
+            q_left[it.question_id] -= 1
+            now = time.monotonic()
+            if len(buffer) >= cfg.flush_every or now - last_flush[0] > 60:
+                _write_chunk(state / "chunks", buffer[:])
+                buffer.clear()
+                last_flush[0] = now
+            if stop_after_chains is not None and counters["new"] >= stop_after_chains:
+                stop.set()
+            if progress is not None:
+                progress(
+                    {
+                        "chains_done": n_done0 + counters["new"],
+                        "chains_total": total,
+                        "questions_done": n_questions - sum(1 for v in q_left.values() if v > 0),
+                        "questions_total": n_questions,
+                        "tokens": counters["tokens"],
+                        "tokens_per_s": counters["tokens"] / max(now - t0, 1e-9),
+                        "active": 0,
+                    }
+                )
+
+    try:
+        await asyncio.gather(*(chain(it, sid) for it, sids in todo for sid in sids))
+    finally:
+        if buffer:
+            _write_chunk(state / "chunks", buffer)
+        await be.aclose()
+    return n_done0 + counters["new"] >= total
 
 
 def _record(lc: _Live, cfg: CollectConfig) -> dict[str, Any]:
@@ -432,7 +558,8 @@ def assemble(
     if cfg is None:
         cfg = CollectConfig(**meta["identity"])
     command = command or meta.get("command")
-    resolved = resolved or resolve_model(cfg.model)
+    http = is_http(cfg.model)
+    resolved = resolved or (_HttpModel(cfg.model) if http else resolve_model(cfg.model))
     ds, items = _select(cfg)
     records = read_chunks(state)
     by_q: dict[str, int] = {}
@@ -450,8 +577,8 @@ def assemble(
         command=command,
         model=resolved.title,
         model_sha256=resolved.sha256,
-        tokenizer="the model's own (llama.cpp, from the GGUF file)",
-        chat_template="the GGUF file's tokenizer.chat_template",
+        tokenizer="the server's" if http else "the model's own (llama.cpp, from the GGUF file)",
+        chat_template="client-side: the server's /props template, else ChatML" if http else "the GGUF file's tokenizer.chat_template",
         sampling={
             "temperature": cfg.temperature,
             "top_p": cfg.top_p,
@@ -463,7 +590,7 @@ def assemble(
         },
         forcing_string=cfg.forcing,
         probe_schedule=f"every {cfg.probe_every} tokens" + (" and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)" if cfg.cue_probes else ""),
-        logprob_convention=LOGPROB_CONVENTION,
+        logprob_convention=f"as reported by the server (top-{cfg.top_k}); token_confidence over those top-{cfg.top_k}; no entropy" if http else LOGPROB_CONVENTION,
         license=f"questions: {ds.license}; outputs of {resolved.title} (Apache-2.0 upstream)",
         stopwise_version=__version__,
         notes=f"{len(keep)} of {len(items)} questions complete" + ("" if len(keep) == len(items) else " (partial collection)"),

@@ -5,7 +5,7 @@ Names accepted by :func:`load_dataset`:
 ``gsm8k``, ``math500``, ``aime24``
     The test splits vendored in ``stopwise/data/questions`` (MIT; sources and
     sha256 in ``data/questions/README.md``). Question ids are the text-hash ids
-    the bundled sets use (``gsm8k-<sha1[:12]>``), so a question has one id everywhere.
+    the bundled sets use (``q-<sha1[:12]>``), so a question has one id everywhere.
 ``reasoning-gym:TASK[?key=value&...]``
     A reasoning-gym family generated with a fixed seed (``seed`` argument) and
     graded with its own ``score_answer``; extra config as a query string, e.g.
@@ -81,7 +81,7 @@ def _gsm8k() -> Dataset:
     items = []
     for i, obj in _read_jsonl(QUESTIONS_DIR / "gsm8k.jsonl.gz"):
         q = obj["question"]
-        items.append(DatasetItem(_qid("gsm8k", q), q, gsm8k_reference(obj["answer"]), {"index": i - 1}))
+        items.append(DatasetItem(_qid("q", q), q, gsm8k_reference(obj["answer"]), {"index": i - 1}))
     return Dataset("gsm8k", items, license="MIT", source="openai/grade-school-math test.jsonl")
 
 
@@ -90,7 +90,7 @@ def _math500() -> Dataset:
     for i, obj in _read_jsonl(QUESTIONS_DIR / "math500.jsonl.gz"):
         q = obj["problem"]
         meta = {"index": i - 1, "subject": obj.get("subject"), "level": obj.get("level")}
-        items.append(DatasetItem(_qid("math500", q), q, str(obj["answer"]), meta))
+        items.append(DatasetItem(_qid("q", q), q, str(obj["answer"]), meta))
     return Dataset("math500", items, license="MIT", source="openai/prm800k MATH-500 test split")
 
 
@@ -98,7 +98,7 @@ def _aime24() -> Dataset:
     items = []
     for i, obj in _read_jsonl(QUESTIONS_DIR / "aime24.jsonl.gz"):
         q = obj["problem"]
-        items.append(DatasetItem(_qid("aime24", q), q, str(obj["answer"]), {"index": i - 1, "id": obj.get("id")}))
+        items.append(DatasetItem(_qid("q", q), q, str(obj["answer"]), {"index": i - 1, "id": obj.get("id")}))
     return Dataset("aime24", items, license="MIT", source="QwenLM/Qwen2.5-Math evaluation/data/aime24")
 
 

@@ -85,7 +85,7 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--size", "dataset_size", default=500, show_default=True, type=click.IntRange(1), help="Questions generated for reasoning-gym datasets.")
 @click.option("--batch", "batch_chains", default=8, show_default=True, type=click.IntRange(1), help="Chains decoded together.")
 @click.option("--threads", "n_threads", default=None, type=click.IntRange(1))
-@click.option("--flush-every", default=32, show_default=True, type=click.IntRange(1), help="Write a durable chunk after this many finished chains (and at least every 20 s).")
+@click.option("--flush-every", default=32, show_default=True, type=click.IntRange(1), help="Write a durable chunk after this many finished chains (and at least every 60 s).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace-set directory (working state in OUT.collect).")
 @click.option("--assemble-partial", is_flag=True, help="Do not collect: write the questions completed so far as a trace set.")
 def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
