@@ -37,7 +37,7 @@ def run(engine, cids, probe_every=0, forcing=None, cue_before=()):
                 if probe_every and n % probe_every == 0:
                     engine.request_probe(ev.chain, forcing, 6, cue="schedule")
                 if n in cue_before:
-                    engine.request_probe(ev.chain, forcing, 4, cue="wait", include_pending=False)
+                    engine.request_probe(ev.chain, forcing, 4, cue="wait", position=n - 1)
             elif ev.kind == "probe":
                 probes[ev.chain].append(ev.probe)
             elif ev.kind == "finished":
@@ -116,8 +116,8 @@ def test_embedded_backend_streams_and_cancels(smollm2_path):
                 if len(got) == 5:
                     break
             await agen.aclose()
-            for _ in range(50):  # the cancel reaches the worker thread at its next turn
-                if be.engine.n_active == 0:
+            for _ in range(100):  # the cancel reaches the worker thread at its next turn
+                if be.engine.n_active == 0 and be.engine.free_seqs == 8:
                     break
                 await asyncio.sleep(0.02)
             assert be.engine.n_active == 0 and len(got) == 5
@@ -130,3 +130,42 @@ def test_embedded_backend_streams_and_cancels(smollm2_path):
             await be.aclose()
 
     asyncio.run(main())
+
+
+def test_probe_at_a_past_position_equals_the_probe_taken_then(engine):
+    """A probe asked late (the chain moved on, or finished and was released) sees the same prefix."""
+    ids = engine.tokenize_prompt(PROMPT)
+    forcing = engine.tokenize(" The answer is")
+    s = Sampling(temperature=0.8, max_tokens=30, seed=99)
+    on_time, _ = {}, None
+    cid = engine.submit(ids, [s])[0]
+    n = 0
+    while engine.n_active or engine.has_probes(cid):
+        for ev in engine.step():
+            if ev.kind == "token":
+                n += 1
+                if n in (4, 9):
+                    engine.request_probe(cid, forcing, 3, cue="t")
+            elif ev.kind == "probe":
+                on_time[ev.probe.position] = ev.probe
+    cid2 = engine.submit(ids, [s])[0]
+    late = {}
+    n = 0
+    while engine.n_active or engine.has_probes(cid2):
+        for ev in engine.step():
+            if ev.kind == "token":
+                n += 1
+                if n == 10:
+                    engine.request_probe(cid2, forcing, 3, cue="t", position=4)  # chain at 10, cells copied
+            elif ev.kind == "probe":
+                late[ev.probe.position] = ev.probe
+    engine.request_probe(cid2, forcing, 3, cue="t", position=9)  # finished: whole prefix prefilled
+    while engine.has_probes(cid2):
+        for ev in engine.step():
+            if ev.kind == "probe":
+                late[ev.probe.position] = ev.probe
+    assert set(late) == set(on_time) == {4, 9}
+    for p in (4, 9):
+        assert late[p].text == on_time[p].text
+    assert late[4].prefill_tokens == len(forcing)  # all prefix cells copied
+    assert late[9].prefill_tokens == len(ids) + 9 + len(forcing)  # nothing left to copy

@@ -324,7 +324,7 @@ def collect(
                             pos = n - 1 if before else n
                             if pos > 0 and pos not in lc.probed_at:
                                 lc.probed_at.add(pos)
-                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=_probe_done, include_pending=not before)
+                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=_probe_done, position=pos)
                         if cfg.probe_every and n % cfg.probe_every == 0 and n not in lc.probed_at:
                             lc.probed_at.add(n)
                             engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue="schedule", stop=_probe_done)

@@ -116,22 +116,29 @@ def sample_token(
 
 
 @dataclass
-class _Probe:
-    chain: _Chain
-    seq: int
+class _ProbeRequest:
+    cid: int
+    position: int
     forcing: list[int]
+    max_new: int
+    cue: str
+    stop: Callable[[str], bool]
+
+
+@dataclass
+class _Probe:
+    cid: int
+    seq: int
+    tokens: list[int]  # what it prefills: the prefix tokens its copied cells lack, then the forcing string
+    pos: int  # KV position of tokens[0]
     max_new: int
     cue: str
     position: int
     stop: Callable[[str], bool]
-    include_pending: bool
-    pending: int = -1
     generated: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
     logprob: float = 0.0
     prefill: int = 0
-    done: bool = False
-    pos: int = 0
 
 
 @dataclass
@@ -145,7 +152,8 @@ class _Chain:
     pending: int | None = None  # sampled, not yet decoded
     n_generated: int = 0
     finished: str | None = None
-    probe_requests: list[tuple[str, list[int], int, Callable[[str], bool], bool]] = field(default_factory=list)
+    prompt: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated ids
     text: bytearray = field(default_factory=bytearray)
 
 
@@ -235,6 +243,8 @@ class BatchEngine:
         self._chains: dict[int, _Chain] = {}
         self._prompts: list[_Prompt] = []
         self._probes: list[_Probe] = []
+        self._probe_requests: list[_ProbeRequest] = []
+        self._retired: dict[int, _Chain] = {}
         self._next_cid = 0
         self._pieces = [self._piece(i) for i in range(self.n_vocab)]
         self._eog = np.array([llama_cpp.llama_vocab_is_eog(self.model.vocab, i) for i in range(self.n_vocab)])
@@ -304,7 +314,7 @@ class BatchEngine:
         chains = []
         for s in samplings:
             seed = s.seed if s.seed is not None else int(np.random.SeedSequence().entropy % (2**63))
-            c = _Chain(self._next_cid, self._free_seqs.pop(), s, np.random.default_rng(seed), len(prompt_tokens))
+            c = _Chain(self._next_cid, self._free_seqs.pop(), s, np.random.default_rng(seed), len(prompt_tokens), prompt=list(prompt_tokens))
             self._next_cid += 1
             self._chains[c.cid] = c
             chains.append(c)
@@ -319,24 +329,28 @@ class BatchEngine:
         *,
         cue: str = "request",
         stop: Callable[[str], bool] | None = None,
-        include_pending: bool = True,
+        position: int | None = None,
     ) -> None:
-        """Probe chain ``cid`` at its current position in the next step.
+        """Probe chain ``cid`` after its first ``position`` generated tokens (default: all so far).
 
-        The probe's prefix is the prompt and every token generated so far; with
-        ``include_pending=False`` it leaves out the token generated last (a probe
-        *before* a cue word such as "Wait"). ``stop(text)`` says when the greedy
-        continuation holds a whole answer (default: never; ``max_new`` bounds it).
-        The result arrives as a ``probe`` event. A finished chain is not probed.
+        The probe starts at the next step: it copies the chain's KV cells of the
+        prefix that are already decoded to a spare sequence, prefills the rest of
+        the prefix and ``forcing``, and decodes greedily until ``stop(text)`` (the
+        continuation holds a whole answer) or ``max_new`` tokens. The result
+        arrives as a ``probe`` event. The chain itself is never touched; it may
+        have moved on or even finished (then the whole prefix is prefilled).
         """
-        c = self._chains.get(cid)
-        if c is not None and c.finished is None:
-            c.probe_requests.append((cue, list(forcing), max_new, stop or (lambda _t: False), include_pending))
+        c = self._chains.get(cid) or self._retired.get(cid)
+        if c is None:
+            raise ConfigError(f"no chain {cid} to probe")
+        pos = c.n_generated if position is None else int(position)
+        if not 0 <= pos <= c.n_generated:
+            raise ConfigError(f"chain {cid} has {c.n_generated} tokens; cannot probe at {pos}")
+        self._probe_requests.append(_ProbeRequest(cid, pos, list(forcing), max_new, cue, stop or (lambda _t: False)))
 
     def has_probes(self, cid: int) -> bool:
         """Whether chain ``cid`` has probes requested or in flight."""
-        c = self._chains.get(cid)
-        return bool(c is not None and c.probe_requests) or any(p.chain.cid == cid for p in self._probes)
+        return any(r.cid == cid for r in self._probe_requests) or any(p.cid == cid for p in self._probes)
 
     def cancel(self, cid: int) -> None:
         """Stop chain ``cid`` now and free its cells (its probes in flight are dropped)."""
@@ -345,7 +359,8 @@ class BatchEngine:
             return
         if c.finished is None:
             c.finished = "cancelled"
-        for p in [p for p in self._probes if p.chain is c]:
+        self._probe_requests = [r for r in self._probe_requests if r.cid != cid]
+        for p in [p for p in self._probes if p.cid == cid]:
             self._end_probe(p)
         self._release(c)
 
@@ -354,6 +369,10 @@ class BatchEngine:
             self._ll.llama_memory_seq_rm(self.ctx.memory, c.seq, -1, -1)
             self._free_seqs.append(c.seq)
             del self._chains[c.cid]
+            # keep its tokens a while: a probe may still be asked at one of its positions
+            self._retired[c.cid] = c
+            while len(self._retired) > 4096:
+                self._retired.pop(next(iter(self._retired)))
 
     def _end_probe(self, p: _Probe) -> None:
         self._ll.llama_memory_seq_rm(self.ctx.memory, p.seq, -1, -1)
@@ -391,7 +410,7 @@ class BatchEngine:
         entries, n = [], 0
         for p in self._probes:
             if p.prefill == 0:
-                toks = [p.pending, *p.forcing] if p.include_pending else list(p.forcing)
+                toks = p.tokens
                 if n + len(toks) > self.n_batch:
                     continue
                 for j, t in enumerate(toks):
@@ -407,14 +426,24 @@ class BatchEngine:
         return events
 
     def _start_probes(self) -> None:
-        # a probe's sequence shares the chain's cells 0..pos-1; it prefills [pending] + forcing
-        for c in list(self._chains.values()):
-            while c.probe_requests and self._free_seqs and c.finished is None and c.pending is not None:
-                cue, forcing, max_new, stop, with_pending = c.probe_requests.pop(0)
-                seq = self._free_seqs.pop()
+        # prefix = prompt + the first `position` generated tokens; the cells of the part the
+        # chain has already decoded are copied (positions [0, copied)), the rest is prefilled
+        while self._probe_requests and self._free_seqs:
+            r = self._probe_requests.pop(0)
+            c = self._chains.get(r.cid) or self._retired.get(r.cid)
+            if c is None:
+                continue
+            prefix_len = c.prompt_len + r.position
+            copied = min(prefix_len, c.pos) if r.cid in self._chains else 0
+            seq = self._free_seqs.pop()
+            if copied:
+                # across KV streams only whole sequences can be copied: copy, then cut at `copied`
                 self._ll.llama_memory_seq_cp(self.ctx.memory, c.seq, seq, -1, -1)
-                position = c.n_generated if with_pending else c.n_generated - 1
-                self._probes.append(_Probe(c, seq, forcing, max_new, cue, position, stop, with_pending, c.pending, pos=c.pos))
+                if not self._ll.llama_memory_seq_rm(self.ctx.memory, seq, copied, -1):
+                    self._ll.llama_memory_seq_rm(self.ctx.memory, seq, -1, -1)
+                    copied = 0
+            full = c.prompt + c.tokens[: r.position]
+            self._probes.append(_Probe(r.cid, seq, full[copied:] + r.forcing, copied, r.max_new, r.cue, r.position, r.stop))
 
     def _add(self, n: int, tok: int, pos: int, seq: int, logits: bool) -> int:
         b = self.batch
@@ -477,6 +506,7 @@ class BatchEngine:
             raw=raw,
         )
         c.n_generated += 1
+        c.tokens.append(tok)
         c.text.extend(raw)
         out = [EngineEvent("token", c.cid, step=step)]
         stop_hit = any(s in c.text.decode("utf-8", errors="ignore")[-64:] for s in c.sampling.stop) if c.sampling.stop else False
@@ -512,7 +542,7 @@ class BatchEngine:
             decode_tokens=len(p.generated),
             cue=p.cue,
         )
-        cid = p.chain.cid
+        cid = p.cid
         self._end_probe(p)
         return [EngineEvent("probe", cid, probe=res)]
 
