@@ -7,7 +7,9 @@ import pytest
 
 from stopwise.backends.base import Sampling
 from stopwise.backends.llamacpp import logit_stats, sample_token
-from stopwise.collect import chain_seed, probe_answer, token_cue
+from stopwise.backends.probes import forced_answer as probe_answer
+from stopwise.backends.probes import token_cue
+from stopwise.collect import chain_seed
 
 
 def test_logit_stats_match_a_full_softmax():
@@ -76,3 +78,17 @@ def test_chain_seed_is_stable_and_distinct():
     assert len({chain_seed(0, "q1", s) for s in range(50)}) == 50
     assert chain_seed(0, "q1", 0) != chain_seed(1, "q1", 0)
     assert 0 <= chain_seed(3, "q", 2) < 2**63
+
+
+def test_probe_schedule_positions_match_the_collectors_rules():
+    from stopwise.backends.probes import ProbeSchedule
+
+    texts = ["So", " x", ".\n\n", "Then", " y", " Wait", ",", " z"]
+    s = ProbeSchedule(every=4, cues=True)
+    got = {p: s.at(texts, p, finished=False) for p in range(1, len(texts) + 1)}
+    assert got[3] == ["blank_line"]  # after the blank line
+    assert got[5] == ["wait"]  # before "Wait"
+    assert got[4] == ["schedule"] and got[8] == ["schedule"]
+    assert got[1] == got[2] == got[6] == got[7] == []
+    assert ProbeSchedule(every=4, cues=True).at(texts, 8, finished=True) == []
+    assert ProbeSchedule(every=0, cues=False).at(texts, 5, finished=False) == []

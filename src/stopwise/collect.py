@@ -33,12 +33,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from stopwise.backends.base import LOGPROB_CONVENTION, Sampling
+from stopwise.backends.probes import DEFAULT_FORCING, forced_answer, forced_answer_done, token_cue
 from stopwise.datasets import Dataset, DatasetItem, load_dataset
 from stopwise.errors import ConfigError, TraceSetError
-
-DEFAULT_FORCING = "\n\nFinal answer: $\\boxed{"
-WORD_CUES = {"wait": "wait", "hmm": "hmm", "alternatively": "alternatively", "but": "but", "however": "however"}
-
 
 class CollectConfig(BaseModel):
     """Settings of one collection run (they define the run: a resume must match them)."""
@@ -79,34 +76,6 @@ class CollectConfig(BaseModel):
 def chain_seed(seed: int, question_id: str, sample_id: int) -> int:
     h = hashlib.sha256(f"{seed}|{question_id}|{sample_id}".encode()).digest()
     return int.from_bytes(h[:8], "little") >> 1
-
-
-def probe_answer(text: str) -> str | None:
-    """The answer inside the forced ``\\boxed{`` (text up to its closing brace), or None."""
-    depth = 1
-    for i, ch in enumerate(text):
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                ans = text[:i].strip()
-                return ans or None
-    return None
-
-
-def _probe_done(text: str) -> bool:
-    return probe_answer(text) is not None or "\n" in text
-
-
-def token_cue(text: str, prev: str) -> tuple[str | None, bool]:
-    """The cue a token is, and whether the probe goes before it (word cues) or after (blank lines)."""
-    if "\n\n" in text or (prev.endswith("\n") and text.startswith("\n")):
-        return "blank_line", False
-    w = text.strip().strip(",.:;!").lower()
-    if w in WORD_CUES:
-        return WORD_CUES[w], True
-    return None, False
 
 
 @dataclass
@@ -324,13 +293,13 @@ def collect(
                             pos = n - 1 if before else n
                             if pos > 0 and pos not in lc.probed_at:
                                 lc.probed_at.add(pos)
-                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=_probe_done, position=pos)
+                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=forced_answer_done, position=pos)
                         if cfg.probe_every and n % cfg.probe_every == 0 and n not in lc.probed_at:
                             lc.probed_at.add(n)
-                            engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue="schedule", stop=_probe_done)
+                            engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue="schedule", stop=forced_answer_done)
                     elif ev.kind == "probe":
                         pr = ev.probe
-                        lc.probes.append((pr.position, probe_answer(pr.text), pr.logprob, pr.cost, pr.cue))
+                        lc.probes.append((pr.position, forced_answer(pr.text), pr.logprob, pr.cost, pr.cue))
                     elif ev.kind == "finished":
                         lc.finish = ev.finish_reason
                 # chains are done when finished and no probe of theirs is in flight
@@ -422,7 +391,7 @@ async def _collect_http(
 
     async def probe(prompt: str, prefix: list[Any], pos: int, cue: str) -> tuple[int, str | None, float, int, str]:
         text, lp, prefill, dec = await be.continue_prefix(prompt, prefix, cfg.forcing, cfg.probe_max_tokens)
-        return (pos, probe_answer(text), lp, prefill + dec, cue)
+        return (pos, forced_answer(text), lp, prefill + dec, cue)
 
     async def chain(it: DatasetItem, sid: int) -> None:
         async with sem:

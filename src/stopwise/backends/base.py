@@ -150,6 +150,105 @@ class ChainResult:
         return "".join(s.text for s in self.steps)
 
 
+@dataclass
+class ProbeOutcome:
+    """A probe's answer as a chain handle returns it: the forced text, and the class if known."""
+
+    text: str | None
+    logprob: float
+    cost: int
+    cue: str | None
+    answer_class: int | None = None
+
+
+class ChainHandle(ABC):
+    """One live chain, driven one token at a time (the live driver's view of a chain).
+
+    ``next()`` returns the chain's next :class:`TokenStep` or None when it has
+    ended (``finish_reason`` is then set); ``probe(position, cue)`` asks the model
+    to answer after the chain's first ``position`` tokens (a side request: the
+    chain is not disturbed); ``cancel()`` stops the chain upstream now.
+    """
+
+    finish_reason: str | None = None
+
+    @abstractmethod
+    async def next(self) -> TokenStep | None:
+        """The next token, or None at the end of the chain."""
+
+    @abstractmethod
+    def probes_at(self, position: int) -> list[tuple[Any, str | None]]:
+        """Probes available after ``position`` tokens: ``(key, cue)`` pairs, in order.
+
+        Needs token ``position + 1`` to have been read, where the chain has one
+        (a cue word is probed *before* the word).
+        """
+
+    @abstractmethod
+    async def probe(self, key: Any) -> ProbeOutcome:
+        """Run (or look up) the probe ``key`` returned by :meth:`probes_at`."""
+
+    @abstractmethod
+    async def cancel(self) -> None:
+        """Stop generating upstream; idempotent."""
+
+    def answer_class(self) -> int | None:
+        """The final answer's class where the backend knows it (logged traces); None: classify the text."""
+        return None
+
+    @property
+    @abstractmethod
+    def text(self) -> str:
+        """The text generated so far."""
+
+
+class StreamChainHandle(ChainHandle):
+    """A :class:`ChainHandle` over any backend: tokens from :meth:`Backend.stream`,
+    probes through :meth:`Backend.continue_prefix` on the prefix text."""
+
+    def __init__(self, backend: Backend, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> None:
+        self.backend = backend
+        self.prompt = prompt
+        self.sampling = sampling
+        self.schedule = schedule
+        self.forcing = forcing
+        self.probe_max_tokens = probe_max_tokens
+        self.steps: list[TokenStep] = []
+        self._iter = backend.stream(prompt, sampling).__aiter__()
+        self._done = False
+
+    async def next(self) -> TokenStep | None:
+        if self._done:
+            return None
+        try:
+            st = await self._iter.__anext__()
+        except StopAsyncIteration:
+            self._done = True
+            self.finish_reason = "length" if len(self.steps) >= self.sampling.max_tokens else "stop"
+            return None
+        self.steps.append(st)
+        return st
+
+    def probes_at(self, position: int) -> list[tuple[Any, str | None]]:
+        texts = [s.text for s in self.steps]
+        return [((position, cue), cue) for cue in self.schedule.at(texts, position, self._done and position >= len(texts))]
+
+    async def probe(self, key: Any) -> ProbeOutcome:
+        position, cue = key
+        text, lp, prefill, dec = await self.backend.continue_prefix(self.prompt, self.steps[:position], self.forcing, self.probe_max_tokens)
+        return ProbeOutcome(text, lp, prefill + dec, cue)
+
+    async def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self.finish_reason = "cancelled"
+            await self._iter.aclose()
+
+    @property
+    def text(self) -> str:
+        return "".join(s.text for s in self.steps)
+
+
 class Backend(ABC):
     """A model server stopwise can drive.
 
@@ -204,6 +303,10 @@ class Backend(ABC):
         prefill_tokens, decode_tokens)``. Backends with token ids continue the exact
         token prefix; others send the prefix text. Idempotent: safe to retry.
         """
+
+    async def open_chain(self, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> ChainHandle:
+        """Start one chain for the live driver (default: a stream plus prefix-continuation probes)."""
+        return StreamChainHandle(self, prompt, sampling, schedule, forcing, probe_max_tokens)
 
     async def aclose(self) -> None:
         """Release the backend's resources."""

@@ -49,6 +49,8 @@ from stopwise.backends.base import (
     LOGPROB_CONVENTION,
     Backend,
     Capabilities,
+    ChainHandle,
+    ProbeOutcome,
     ProbeResult,
     Sampling,
     TokenStep,
@@ -571,6 +573,60 @@ def _silent_log(llama_cpp):
     return _LOG_CB
 
 
+def _resolve(fut: asyncio.Future, value: Any) -> None:
+    if fut.done():
+        return
+    if isinstance(value, BaseException):
+        fut.set_exception(value)
+    else:
+        fut.set_result(value)
+
+
+class _EmbeddedChain(ChainHandle):
+    """A live chain on the embedded engine: tokens from its queue, probes on the engine."""
+
+    def __init__(self, be: EmbeddedBackend, cid: int, q: asyncio.Queue, sampling: Sampling, schedule: Any, forcing_ids: list[int], max_new: int) -> None:
+        self.be, self.cid, self.q = be, cid, q
+        self.sampling, self.schedule = sampling, schedule
+        self.forcing_ids, self.max_new = forcing_ids, max_new
+        self.steps: list[TokenStep] = []
+        self._done = False
+
+    async def next(self) -> TokenStep | None:
+        if self._done:
+            return None
+        ev = await self.q.get()
+        if isinstance(ev, Exception):
+            raise ev
+        if ev.kind == "finished":
+            self._done = True
+            self.finish_reason = ev.finish_reason
+            return None
+        self.steps.append(ev.step)
+        return ev.step
+
+    def probes_at(self, position: int) -> list[tuple[Any, str | None]]:
+        texts = [s.text for s in self.steps]
+        return [((position, cue), cue) for cue in self.schedule.at(texts, position, self._done and position >= len(texts))]
+
+    async def probe(self, key: Any) -> ProbeOutcome:
+        position, cue = key
+        res = await self.be._probe(self.cid, position, cue, self.forcing_ids, self.max_new)
+        return ProbeOutcome(res.text, res.logprob, res.cost, cue)
+
+    async def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self.finish_reason = "cancelled"
+            self.be._call(lambda: self.be.engine.cancel(self.cid))
+            for key in [k for k in self.be._probe_futs if k[0] == self.cid]:
+                _resolve(self.be._probe_futs.pop(key), BackendError(f"chain {self.cid} was cancelled before its probe ended"))
+
+    @property
+    def text(self) -> str:
+        return b"".join(s.raw or b"" for s in self.steps).decode("utf-8", errors="replace")
+
+
 class EmbeddedBackend(Backend):
     """The async backend over a :class:`BatchEngine` driven by one worker thread.
 
@@ -602,6 +658,7 @@ class EmbeddedBackend(Backend):
         self._lock = threading.Condition()
         self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._commands: list[Callable[[], None]] = []
+        self._probe_futs: dict[tuple[int, int, str], asyncio.Future] = {}
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="stopwise-llamacpp", daemon=True)
         self._thread.start()
@@ -640,6 +697,11 @@ class EmbeddedBackend(Backend):
                     loop.call_soon_threadsafe(q.put_nowait, exc)
                 continue
             for ev in events:
+                if ev.kind == "probe":
+                    fut = self._probe_futs.pop((ev.chain, ev.probe.position, ev.probe.cue), None)
+                    if fut is not None:
+                        fut.get_loop().call_soon_threadsafe(_resolve, fut, ev.probe)
+                    continue
                 target = self._queues.get(ev.chain)
                 if target is not None:
                     loop, q = target
@@ -725,6 +787,27 @@ class EmbeddedBackend(Backend):
 
         self._call(cmd)
         return await fut, q
+
+    async def open_chain(self, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> ChainHandle:
+        """A chain whose probes copy its KV cells (no prefix re-prefill) while it keeps decoding."""
+        (cid,), q = await self._submit(prompt, [sampling])
+        return _EmbeddedChain(self, cid, q, sampling, schedule, self.engine.tokenize(forcing), probe_max_tokens)
+
+    async def _probe(self, cid: int, position: int, cue: str, forcing_ids: list[int], max_new: int) -> ProbeResult:
+        from stopwise.backends.probes import forced_answer_done
+
+        fut = asyncio.get_running_loop().create_future()
+        self._probe_futs[(cid, position, cue)] = fut
+
+        def cmd() -> None:
+            try:
+                self.engine.request_probe(cid, forcing_ids, max_new, cue=cue, stop=forced_answer_done, position=position)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                self._probe_futs.pop((cid, position, cue), None)
+                fut.get_loop().call_soon_threadsafe(_resolve, fut, exc)
+
+        self._call(cmd)
+        return await fut
 
     async def aclose(self) -> None:
         with self._lock:
