@@ -1,4 +1,4 @@
-"""``stopwise``: collect, import, inspect, replay, calibrate, validate and bench.
+"""``stopwise``: collect, import, inspect, replay, calibrate, validate, bench and serve.
 
 Every command is a thin layer over the library. Any :class:`StopwiseError`
 becomes one line on stderr and exit status 2.
@@ -68,7 +68,7 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 
 
 @cli.command("collect")
-@click.option("--dataset", required=True, help="gsm8k | math500 | aime24 | reasoning-gym:TASK[?key=value&...] | jsonl:PATH")
+@click.option("--dataset", default=None, help="gsm8k | math500 | aime24 | reasoning-gym:TASK[?key=value&...] | jsonl:PATH (required unless --assemble-partial)")
 @click.option("--model", default="embedded", show_default=True, help="embedded (Qwen2.5-Coder-0.5B) | embedded-1.5b | smollm2 | a GGUF path.")
 @click.option("--questions", default=600, show_default=True, type=click.IntRange(1))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0), help="Skip this many questions first.")
@@ -99,6 +99,8 @@ def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, for
         path = assemble(out, complete_only=True, command=_command_line())
         console.print(f"wrote {path} (completed questions only)")
         return
+    if kw.get("dataset") is None:
+        raise ConfigError("--dataset is required", hint="e.g. --dataset gsm8k")
     cf = None
     if chains_first:
         try:
@@ -130,6 +132,38 @@ def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, for
 
         path = collect(cfg, out, progress=progress, command=_command_line())
     console.print(f"wrote {path}")
+
+
+@cli.command("serve")
+@click.option("--backend", default=None, help="embedded | embedded-1.5b | smollm2 | a GGUF path | an OpenAI-compatible URL (default: embedded).")
+@click.option("--policy", "policies", multiple=True, type=click.Path(path_type=Path), help="A calibrated policy file (repeatable). None: requests pass through unchanged.")
+@click.option("--host", default=None, help="Address to bind (default 127.0.0.1; any other needs --api-key).")
+@click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port (default 8000).")
+@click.option("--api-key", default=None, help="Bearer key clients must send.")
+@click.option("--uncertified", default=None, type=click.Choice(["refuse", "mark"]), help="A request outside a policy's certified conditions: refuse it (400) or serve it marked uncertified.")
+@click.option("--max-chains", default=None, type=click.IntRange(1, 64))
+@click.option("--max-concurrent", default=None, type=click.IntRange(1))
+@click.option("--config", "config_file", default=None, type=click.Path(exists=True, path_type=Path), help="Settings as JSON (flags and STOPWISE_* variables override it).")
+def serve_cmd(config_file: Path | None, policies: tuple[Path, ...], **flags: Any) -> None:
+    """Serve an OpenAI-compatible API that applies calibrated policies live."""
+    import logging
+
+    from stopwise.errors import MissingExtraError
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    base = json.loads(config_file.read_text()) if config_file else {}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if policies:
+        given["policies"] = [str(p) for p in policies]
+    settings = ServeSettings(**{**base, **given})
+    try:
+        import uvicorn
+    except ImportError as exc:
+        raise MissingExtraError("stopwise serve", "serve", "uvicorn") from exc
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
 @cli.command("inspect")

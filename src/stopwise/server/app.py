@@ -1,0 +1,402 @@
+"""The ASGI app: ``create_app(settings)`` (FastAPI), thin over the library.
+
+Each request is either passed through (policy ``off``, or no policy loaded) as
+one chain streamed from the backend, or run by the live driver
+(:mod:`stopwise.engine.live`) with a calibrated policy loaded from a policy file.
+The response carries the standard ``usage`` and a ``stopwise`` object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stopwise.backends.base import Backend, Sampling
+from stopwise.backends.probes import ProbeSchedule, forced_answer
+from stopwise.engine.live import AnswerClasses, LiveDriver
+from stopwise.errors import BackendError, ConfigError, MissingExtraError, StopwiseError
+from stopwise.server import protocol as P
+from stopwise.server.settings import ServeSettings
+
+log = logging.getLogger("stopwise.serve")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class LoadedPolicy:
+    """A policy file as the server uses it."""
+
+    name: str
+    path: str
+    family: Any
+    index: int
+    threshold: float
+    epsilon: float
+    delta: float
+    doc: dict[str, Any]
+
+    @property
+    def conditions(self) -> dict[str, Any]:
+        return self.doc.get("conditions") or {}
+
+    def summary(self) -> dict[str, Any]:
+        cert = self.doc.get("certificate") or {}
+        return {
+            "policy": self.name,
+            "family": self.doc.get("family"),
+            "threshold": self.threshold,
+            "risk": self.doc.get("risk"),
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "certificate": {k: cert.get(k) for k in ("n", "empirical_risk", "p_value", "method") if k in cert},
+            "trace_set": (self.doc.get("trace_set") or {}).get("name"),
+        }
+
+
+def load_policy(path: str) -> LoadedPolicy:
+    """Read a policy file written by ``stopwise calibrate``; errors name the file and field."""
+    from stopwise.policies.registry import get_family
+
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"policy file '{path}' does not exist") from exc
+    except ValueError as exc:
+        raise ConfigError(f"policy file '{path}' is not JSON: {exc}") from exc
+    if doc.get("format") != "stopwise-policy":
+        raise ConfigError(f"'{path}' is not a stopwise policy file (field 'format')", hint="write one with stopwise calibrate --out")
+    for key in ("family", "index", "threshold", "certificate"):
+        if key not in doc:
+            raise ConfigError(f"policy file '{path}' lacks the field '{key}'")
+    if doc["index"] is None:
+        raise ConfigError(f"policy file '{path}': calibration certified no threshold (field 'index' is null)", hint="calibrate at a larger epsilon or with more questions")
+    fam = get_family(doc["family"], **(doc.get("settings") or {}))
+    cert = doc["certificate"]
+    return LoadedPolicy(
+        name=doc["family"],
+        path=str(p),
+        family=fam,
+        index=int(doc["index"]),
+        threshold=float(doc["threshold"]),
+        epsilon=float(cert.get("epsilon")),
+        delta=float(cert.get("delta")),
+        doc=doc,
+    )
+
+
+def make_backend(spec: str, settings: ServeSettings) -> Backend:
+    if spec.startswith(("http://", "https://")):
+        from stopwise.backends.openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(spec, read_timeout=settings.upstream_timeout_s)
+    from stopwise.backends.llamacpp import EmbeddedBackend
+
+    return EmbeddedBackend(spec, n_seq_max=max(8, 2 * settings.max_chains + 2))
+
+
+class Metrics:
+    """Counters and latency sums in the Prometheus text format (no extra dependency)."""
+
+    def __init__(self) -> None:
+        self.c: dict[str, float] = {}
+        self.lat: list[float] = []
+        self.buckets = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+    def inc(self, name: str, v: float = 1.0, **labels: str) -> None:
+        key = name + ("{" + ",".join(f'{k}="{v2}"' for k, v2 in sorted(labels.items())) + "}" if labels else "")
+        self.c[key] = self.c.get(key, 0.0) + v
+
+    def observe(self, seconds: float) -> None:
+        self.lat.append(seconds)
+
+    def render(self) -> str:
+        lines = []
+        for k in sorted(self.c):
+            lines.append(f"stopwise_{k} {self.c[k]:g}")
+        for b in self.buckets:
+            lines.append(f'stopwise_request_seconds_bucket{{le="{b}"}} {sum(1 for x in self.lat if x <= b)}')
+        lines.append(f'stopwise_request_seconds_bucket{{le="+Inf"}} {len(self.lat)}')
+        lines.append(f"stopwise_request_seconds_sum {sum(self.lat):g}")
+        lines.append(f"stopwise_request_seconds_count {len(self.lat)}")
+        return "\n".join(lines) + "\n"
+
+
+def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa: ANN201 - FastAPI
+    """Build the app. ``backend`` overrides ``settings.backend`` (tests, embedding)."""
+    try:
+        from fastapi import FastAPI, Request
+        from fastapi.exceptions import RequestValidationError
+        from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    except ImportError as exc:
+        raise MissingExtraError("stopwise serve", "serve", "fastapi") from exc
+
+    if settings.host not in LOOPBACK and not settings.api_key:
+        raise ConfigError(f"binding {settings.host} (not loopback) needs an API key", hint="pass --api-key or set STOPWISE_API_KEY")
+    policies: dict[str, list[LoadedPolicy]] = {}
+    for path in settings.policies:
+        lp = load_policy(path)
+        policies.setdefault(lp.name, []).append(lp)
+    be = backend or make_backend(settings.backend, settings)
+    if not policies:
+        log.warning("no --policy given: requests are passed through unchanged (no early stopping, nothing certified)")
+    metrics = Metrics()
+    gate = asyncio.Semaphore(settings.max_concurrent)
+    schedule = ProbeSchedule(settings.probe_every, settings.cue_probes)
+    model_name = settings.model_name or getattr(be, "name", "model")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):  # noqa: ANN001, ANN202
+        yield
+        await be.aclose()
+
+    app = FastAPI(title="stopwise", version="0.1", lifespan=lifespan)
+    app.state.backend = be
+    app.state.metrics = metrics
+    app.state.policies = policies
+
+    def err(status: int, message: str, *, param: str | None = None, type_: str = "invalid_request_error", headers: dict | None = None):
+        return JSONResponse(P.error_body(message, type_=type_, param=param), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError):  # noqa: ANN202
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        field = ".".join(loc) or None
+        return err(422, f"{field or 'body'}: {first.get('msg', 'invalid request')}", param=field)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):  # noqa: ANN001, ANN202
+        if request.url.path.startswith("/v1/"):
+            if settings.api_key:
+                auth = request.headers.get("authorization", "")
+                token = auth[7:] if auth.lower().startswith("bearer ") else ""
+                if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                    return err(401, "invalid or missing API key", type_="authentication_error")
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+                return err(413, f"request body of {size} bytes exceeds the limit of {settings.max_body_bytes}")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():  # noqa: ANN202
+        return {"status": "ok", "backend": model_name, "policies": sorted(policies)}
+
+    @app.get("/metrics")
+    async def _metrics():  # noqa: ANN202
+        return PlainTextResponse(metrics.render())
+
+    @app.get("/v1/models")
+    async def models():  # noqa: ANN202
+        return P.models_list([model_name])
+
+    def pick_policy(req: P._Common) -> LoadedPolicy | None:
+        ctl = req.stopwise
+        name = ctl.policy if ctl and ctl.policy else (next(iter(policies)) if len(policies) == 1 else None)
+        if name in (None, "off"):
+            if name is None and len(policies) > 1:
+                raise ConfigError(f"several policies are loaded; choose one in stopwise.policy: {', '.join(sorted(policies))} or off", hint="stopwise.policy")
+            return None
+        if name not in policies:
+            raise ConfigError(f"stopwise.policy '{name}' is not loaded; loaded: {', '.join(sorted(policies)) or 'none'} (or 'off')")
+        cands = policies[name]
+        if ctl and ctl.epsilon is not None:
+            match = [p for p in cands if abs(p.epsilon - ctl.epsilon) < 1e-12]
+            if not match:
+                raise ConfigError(f"stopwise.epsilon {ctl.epsilon} is not certified for policy '{name}'; certified: {sorted(p.epsilon for p in cands)}")
+            return match[0]
+        return min(cands, key=lambda p: p.epsilon)
+
+    def scope_problems(lp: LoadedPolicy, sampling: Sampling) -> list[str]:
+        cond = lp.conditions
+        out = []
+        want = (cond.get("sampling") or {}).get("temperature")
+        if want is not None and abs(float(want) - sampling.temperature) > 1e-9:
+            out.append(f"temperature {sampling.temperature} (certified at {want})")
+        want_p = (cond.get("sampling") or {}).get("top_p")
+        if want_p is not None and abs(float(want_p) - sampling.top_p) > 1e-9:
+            out.append(f"top_p {sampling.top_p} (certified at {want_p})")
+        info = be.model_info() or {}
+        sha, have = cond.get("model_sha256"), info.get("model_sha256")
+        if sha and have and sha != have:
+            out.append(f"model sha256 {have[:12]} (certified for {sha[:12]})")
+        elif sha and not have:
+            out.append(f"model of unknown sha256 (certified for {sha[:12]})")
+        elif not sha and cond.get("model") and cond.get("model") != info.get("model"):
+            out.append(f"model '{info.get('model')}' (certified for '{cond.get('model')}')")
+        if cond.get("forcing_string") is not None and cond.get("forcing_string") != settings.forcing:
+            out.append("another forcing string")
+        return out
+
+    async def serve(req: P._Common, prompt: str, chat: bool):  # noqa: ANN202
+        t0 = time.monotonic()
+        rid = P.new_id("chatcmpl" if chat else "cmpl")
+        max_new = req.max_new(settings.default_max_tokens)
+        if max_new > settings.max_tokens_limit:
+            return err(400, f"max_tokens {max_new} exceeds the server's limit of {settings.max_tokens_limit}", param="max_tokens")
+        stop = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or []))
+        lp = pick_policy(req)
+        temp = req.temperature if req.temperature is not None else float(((lp.conditions.get("sampling") or {}).get("temperature", 0.7)) if lp else 0.7)
+        top_p = req.top_p if req.top_p is not None else float(((lp.conditions.get("sampling") or {}).get("top_p", 0.95)) if lp else 0.95)
+        sampling = Sampling(temperature=temp, top_p=top_p, top_k=40, max_tokens=max_new, seed=req.seed, stop=stop)
+        if settings.log_prompts:
+            log.info("request %s prompt %r", rid, prompt[:2000])
+        extra = set(req.model_extra or {})
+        if extra:
+            log.info("request %s: ignored fields %s", rid, sorted(extra))
+        if gate.locked():
+            metrics.inc("requests_rejected_total")
+            return err(429, f"the server is serving {settings.max_concurrent} requests; retry shortly", type_="rate_limit_error", headers={"Retry-After": "1"})
+        metrics.inc("requests_total", route="chat" if chat else "completions")
+        if lp is None:
+            return await passthrough(rid, prompt, sampling, chat, req.stream, t0)
+        problems = scope_problems(lp, sampling)
+        if problems and settings.uncertified == "refuse":
+            metrics.inc("requests_uncertified_refused_total")
+            return err(400, f"request is outside the certified conditions of policy '{lp.name}': {'; '.join(problems)}", param="stopwise")
+        return await with_policy(rid, prompt, sampling, chat, req.stream, lp, problems, t0)
+
+    async def passthrough(rid, prompt, sampling, chat, stream, t0):  # noqa: ANN001, ANN202
+        sw = {"policy": "off", "certified": False, "chains": 1}
+        if stream:
+            async def gen():  # noqa: ANN202
+                n = 0
+                async with gate:
+                    agen = be.stream(prompt, sampling)
+                    try:
+                        if chat:
+                            yield _sse(P.chat_chunk(rid, model_name, None, role=True))
+                        async for st in agen:
+                            n += 1
+                            yield _sse(P.chat_chunk(rid, model_name, st.text) if chat else P.completion_chunk(rid, model_name, st.text))
+                        finish = "length" if n >= sampling.max_tokens else "stop"
+                        fin = {"stopwise": {**sw, "tokens": n}, "usage": P.usage(0, n)}
+                        yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
+                        yield "data: [DONE]\n\n"
+                    except StopwiseError as exc:
+                        yield _sse(P.error_body(str(exc), type_="upstream_error"))
+                    finally:
+                        await agen.aclose()
+                        metrics.inc("tokens_generated_total", n)
+                        metrics.observe(time.monotonic() - t0)
+
+            return StreamingResponse(gen(), media_type="text/event-stream")
+        async with gate:
+            steps = [st async for st in be.stream(prompt, sampling)]
+        text = "".join(s.text for s in steps)
+        finish = "length" if len(steps) >= sampling.max_tokens else "stop"
+        metrics.inc("tokens_generated_total", len(steps))
+        metrics.observe(time.monotonic() - t0)
+        use = P.usage(0, len(steps))
+        sw = {**sw, "tokens": len(steps)}
+        return (P.chat_response if chat else P.completion_response)(rid, model_name, text, finish, use, sw)
+
+    async def with_policy(rid, prompt, sampling, chat, stream, lp, problems, t0):  # noqa: ANN001, ANN202
+        classes = AnswerClasses()
+        base_seed = sampling.seed if sampling.seed is not None else int(time.time_ns() % (2**31))
+
+        async def open_chain(i: int):  # noqa: ANN202
+            s = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens, base_seed + i, sampling.stop)
+            return await be.open_chain(prompt, s, schedule, settings.forcing, settings.probe_max_tokens)
+
+        n_chains = settings.max_chains if lp.family.kind == "multi" else 1
+        drv = LiveDriver(open_chain, classes, max_chains=n_chains, family_name=lp.name)
+        async with gate:
+            out = await drv.run(lp.family.make(lp.index, n_chains=n_chains))
+            content, finish, forced_cost = await render_decision(out, classes)
+        probe_tokens = out.probe_tokens + forced_cost
+        sw = {
+            **lp.summary(),
+            "certified": not problems,
+            "uncertified_reasons": problems or None,
+            "chains": out.chains,
+            "tokens": out.tokens,
+            "generated_tokens": out.generated,
+            "probe_tokens": probe_tokens,
+            "stopped_early": len(out.stopped_early),
+            "abstained": out.abstained,
+            "escalated": out.escalated,
+            "answer": classes.text(out.answer) if out.answer >= 0 else None,
+        }
+        metrics.inc("tokens_generated_total", out.generated)
+        metrics.inc("probe_tokens_total", probe_tokens)
+        metrics.inc("chains_stopped_early_total", len(out.stopped_early))
+        if out.abstained:
+            metrics.inc("abstentions_total")
+        metrics.observe(time.monotonic() - t0)
+        use = P.usage(0, out.generated)
+        if stream:
+            async def gen():  # noqa: ANN202
+                fin = {"stopwise": sw, "usage": use}
+                if chat:
+                    yield _sse(P.chat_chunk(rid, model_name, None, role=True))
+                    yield _sse(P.chat_chunk(rid, model_name, content))
+                    yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin))
+                else:
+                    yield _sse(P.completion_chunk(rid, model_name, content))
+                    yield _sse(P.completion_chunk(rid, model_name, "", finish, extra=fin))
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(gen(), media_type="text/event-stream")
+        return (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw)
+
+    async def render_decision(out, classes: AnswerClasses) -> tuple[str, str, int]:  # noqa: ANN001
+        if out.abstained:
+            return settings.abstain_message, "abstain", 0
+        if out.escalated:
+            return settings.abstain_message, "escalate", 0
+        # the first chain whose answer is the decision; a chain stopped early gets the
+        # answer forced into its output, in the model's words, from the forcing string
+        for c, h in enumerate(out.handles):
+            cls = out.returned.get(c)
+            if cls is None:
+                cls = h.answer_class()
+                if cls is None:
+                    from stopwise.answers import extract_answer
+
+                    cls = classes.classify(extract_answer(h.text))
+            if cls != out.answer:
+                continue
+            if c in out.returned:
+                try:
+                    pr = await h.probe((out.positions[c], "final"))
+                    ans = forced_answer(pr.text or "") or classes.text(out.answer) or ""
+                    return h.text + settings.forcing + ans + "}$", "stop", int(pr.cost)
+                except (BackendError, TypeError, ValueError):
+                    return h.text + settings.forcing + (classes.text(out.answer) or "") + "}$", "stop", 0
+            return h.text, h.finish_reason if h.finish_reason in ("stop", "length") else "stop", 0
+        return classes.text(out.answer) or "", "stop", 0
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: P.ChatCompletionRequest):  # noqa: ANN202
+        try:
+            prompt = be.render_chat([{"role": m.role, "content": m.content or ""} for m in req.messages])
+            return await serve(req, prompt, True)
+        except ConfigError as exc:
+            return err(400, str(exc), param="stopwise" if "stopwise" in str(exc) else None)
+        except BackendError as exc:
+            metrics.inc("upstream_errors_total")
+            return err(502, str(exc), type_="upstream_error")
+
+    @app.post("/v1/completions")
+    async def completions(req: P.CompletionRequest):  # noqa: ANN202
+        try:
+            return await serve(req, req.prompt, False)
+        except ConfigError as exc:
+            return err(400, str(exc), param="stopwise" if "stopwise" in str(exc) else None)
+        except BackendError as exc:
+            metrics.inc("upstream_errors_total")
+            return err(502, str(exc), type_="upstream_error")
+
+    return app
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj)}\n\n"

@@ -1,0 +1,158 @@
+"""`stopwise serve` over real loopback HTTP, with the official `openai` client as the client
+and the embedded backend (SmolLM2-135M) as the model."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    def __init__(self, app, port):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def policy_files(tmp_path_factory, smollm2_path):
+    """A majority_vote policy calibrated by `stopwise calibrate` on a bundled set (conditions:
+    another model), and the same policy with its conditions rewritten to the SmolLM2 backend
+    (a test fixture, so the certified path can be exercised)."""
+    from click.testing import CliRunner
+
+    from stopwise.cli.main import cli
+    from stopwise.data import bundled_path
+
+    d = tmp_path_factory.mktemp("pol")
+    other = d / "mv_other.json"
+    r = CliRunner().invoke(cli, ["calibrate", "--traces", str(bundled_path("qwen25math_math100")), "--policy", "majority_vote", "--epsilon", "0.1", "--out", str(other)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(other.read_text())
+    doc["conditions"].update(model="SmolLM2-135M-Instruct Q4_1", model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", sampling={"temperature": 0.7, "top_p": 0.95}, forcing_string=None)
+    mine = d / "mv_smollm2.json"
+    mine.write_text(json.dumps(doc))
+    return other, mine
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_path, policy_files):
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    other, mine = policy_files
+    be = EmbeddedBackend(smollm2_path, n_ctx_seq=1024, n_seq_max=20)
+    settings = ServeSettings(backend="smollm2", policies=[str(mine)], max_chains=4, default_max_tokens=48, max_concurrent=4)
+    app = create_app(settings, backend=be)
+    run = Running(app, free_port())
+    yield run
+    run.stop()
+
+
+@pytest.fixture()
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def test_models_and_health(server, client):
+    import httpx
+
+    assert [m.id for m in client.models.list().data]
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_policy_off_passes_through_streamed_and_not(client):
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0, extra_body={"stopwise": {"policy": "off"}})
+    assert r.choices[0].message.content and r.usage.completion_tokens >= 1
+    assert r.model_extra["stopwise"]["policy"] == "off"
+    chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0, stream=True, extra_body={"stopwise": {"policy": "off"}}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == r.choices[0].message.content  # greedy: the same text streamed and not
+    assert chunks[-1].model_extra["stopwise"]["tokens"] == r.usage.completion_tokens
+    c = client.completions.create(model="m", prompt="1, 2, 3,", max_tokens=5, temperature=0, extra_body={"stopwise": {"policy": "off"}})
+    assert c.choices[0].text
+
+
+def test_calibrated_policy_answers_with_the_stopwise_object(client):
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3? Put the answer in \\boxed{}."}], max_tokens=48, temperature=0.7, top_p=0.95, seed=1)
+    sw = r.model_extra["stopwise"]
+    assert sw["family"] == "majority_vote" and sw["certified"] is True and sw["chains"] == 4
+    assert sw["epsilon"] == pytest.approx(0.1) and sw["certificate"]["n"] > 0
+    assert r.usage.completion_tokens == sw["generated_tokens"] >= sw["tokens"]
+    assert r.choices[0].message.content
+    s = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=32, temperature=0.7, top_p=0.95, seed=1, stream=True))
+    assert s[-1].model_extra["stopwise"]["chains"] == 4
+
+
+def test_requests_outside_the_certificate_are_refused(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="outside the certified conditions.*temperature 0.2"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.2)
+    with pytest.raises(openai.BadRequestError, match="not certified for policy 'majority_vote'"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8, extra_body={"stopwise": {"policy": "majority_vote", "epsilon": 0.3}})
+    with pytest.raises(openai.BadRequestError, match="is not loaded"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8, extra_body={"stopwise": {"policy": "esc"}})
+
+
+def test_bad_requests_get_openai_shaped_errors_naming_the_field(server):
+    import httpx
+
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": -3})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "max_tokens"
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": []})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "messages"
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 10**6, "stopwise": {"policy": "off"}})
+    assert r.status_code == 400 and "exceeds the server's limit" in r.json()["error"]["message"]
+    r = httpx.post(server.url + "/v1/completions", content=b"{" + b" " * 2_000_000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_uncertified_requests_are_marked_when_the_operator_says_so(smollm2_path, policy_files):
+    from openai import OpenAI
+
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    other, _ = policy_files
+    be = EmbeddedBackend(smollm2_path, n_ctx_seq=512, n_seq_max=12)
+    app = create_app(ServeSettings(backend="smollm2", policies=[str(other)], max_chains=4, uncertified="mark"), backend=be)
+    run = Running(app, free_port())
+    try:
+        cl = OpenAI(base_url=run.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        r = cl.chat.completions.create(model="m", messages=[{"role": "user", "content": "1+1?"}], max_tokens=16)
+        sw = r.model_extra["stopwise"]
+        assert sw["certified"] is False and any("certified for 'Qwen2.5-Math" in p for p in sw["uncertified_reasons"])
+    finally:
+        run.stop()
+
+
+def test_non_loopback_bind_needs_an_api_key():
+    from stopwise.errors import ConfigError
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    with pytest.raises(ConfigError, match="needs an API key"):
+        create_app(ServeSettings(host="0.0.0.0"), backend=object())
