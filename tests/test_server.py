@@ -156,3 +156,30 @@ def test_non_loopback_bind_needs_an_api_key():
 
     with pytest.raises(ConfigError, match="needs an API key"):
         create_app(ServeSettings(host="0.0.0.0"), backend=object())
+
+
+def test_drift_monitor_bound_appears_in_metrics(smollm2_path, policy_files):
+    import httpx
+    from openai import OpenAI
+
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    _, mine = policy_files
+    be = EmbeddedBackend(smollm2_path, n_ctx_seq=512, n_seq_max=12)
+    app = create_app(ServeSettings(backend="smollm2", policies=[str(mine)], max_chains=4, drift_share=1.0), backend=be)
+    run = Running(app, free_port())
+    try:
+        cl = OpenAI(base_url=run.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        for i in range(2):
+            cl.chat.completions.create(model="m", messages=[{"role": "user", "content": f"What is {i}+2?"}], max_tokens=16, temperature=0.7, top_p=0.95, seed=i)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and app.state.shadows:
+            time.sleep(0.1)
+        text = httpx.get(run.url + "/metrics").text
+        assert 'stopwise_drift_requests{policy="majority_vote@0.1"} 2' in text
+        assert 'stopwise_drift_disagreement_lower{policy="majority_vote@0.1"}' in text
+        assert "stopwise_requests_total" in text and "stopwise_request_seconds_count" in text
+    finally:
+        run.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import random
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from stopwise.engine.live import AnswerClasses, LiveDriver
 from stopwise.errors import BackendError, ConfigError, MissingExtraError, StopwiseError
 from stopwise.server import protocol as P
 from stopwise.server.settings import ServeSettings
+from stopwise.stats.anytime import RiskMonitor
 
 log = logging.getLogger("stopwise.serve")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -148,6 +150,9 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
     if not policies:
         log.warning("no --policy given: requests are passed through unchanged (no early stopping, nothing certified)")
     metrics = Metrics()
+    monitors: dict[str, RiskMonitor] = {}
+    shadows: set[asyncio.Task] = set()
+    rng = random.Random(0)
     gate = asyncio.Semaphore(settings.max_concurrent)
     schedule = ProbeSchedule(settings.probe_every, settings.cue_probes)
     model_name = settings.model_name or getattr(be, "name", "model")
@@ -161,6 +166,8 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
     app.state.backend = be
     app.state.metrics = metrics
     app.state.policies = policies
+    app.state.monitors = monitors
+    app.state.shadows = shadows
 
     def err(status: int, message: str, *, param: str | None = None, type_: str = "invalid_request_error", headers: dict | None = None):
         return JSONResponse(P.error_body(message, type_=type_, param=param), status_code=status, headers=headers)
@@ -191,7 +198,18 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
     @app.get("/metrics")
     async def _metrics():  # noqa: ANN202
-        return PlainTextResponse(metrics.render())
+        lines = []
+        for key, m in sorted(monitors.items()):
+            lab = f'{{policy="{key}"}}'
+            lines += [
+                f"stopwise_drift_requests{lab} {m.n}",
+                f"stopwise_drift_disagreement_rate{lab} {m.mean if m.n else 0:g}",
+                f"stopwise_drift_disagreement_lower{lab} {m.lower:g}",
+                f"stopwise_drift_disagreement_upper{lab} {m.upper:g}",
+                f"stopwise_drift_epsilon{lab} {m.epsilon:g}",
+                f"stopwise_drift_alarm{lab} {int(m.alarm)}",
+            ]
+        return PlainTextResponse(metrics.render() + ("\n".join(lines) + "\n" if lines else ""))
 
     @app.get("/v1/models")
     async def models():  # noqa: ANN202
@@ -311,6 +329,10 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         async with gate:
             out = await drv.run(lp.family.make(lp.index, n_chains=n_chains))
             content, finish, forced_cost = await render_decision(out, classes)
+        if settings.drift_share > 0 and rng.random() < settings.drift_share:
+            task = asyncio.create_task(shadow(lp, open_chain, classes, n_chains, out))
+            shadows.add(task)
+            task.add_done_callback(shadows.discard)
         probe_tokens = out.probe_tokens + forced_cost
         sw = {
             **lp.summary(),
@@ -346,6 +368,27 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
             return StreamingResponse(gen(), media_type="text/event-stream")
         return (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw)
+
+    async def shadow(lp, open_chain, classes, n_chains, out):  # noqa: ANN001, ANN202
+        """Full compute with the same seeds (the same chains, run to their end); one loss for the monitor."""
+        from stopwise.policies.full import FullCompute
+
+        key = f"{lp.name}@{lp.epsilon:g}"
+        try:
+            async with gate:
+                full = await LiveDriver(open_chain, classes, max_chains=n_chains, family_name="full").run(FullCompute(n_chains))
+        except StopwiseError as exc:
+            log.warning("drift shadow for %s failed: %s", key, exc)
+            return
+        m = monitors.setdefault(key, RiskMonitor(epsilon=lp.epsilon, alpha=settings.drift_alpha))
+        was = m.alarm
+        m.update(float(out.abstained or out.answer < 0 or out.answer != full.answer))
+        metrics.inc("drift_shadow_tokens_total", full.generated)
+        if m.alarm and not was:
+            log.warning(
+                "drift: live disagreement of %s is above its certified epsilon %.3g (rate %.3f, anytime lower bound %.3f over %d requests); recalibrate on recent traffic",
+                key, m.epsilon, m.mean, m.lower, m.n,
+            )
 
     async def render_decision(out, classes: AnswerClasses) -> tuple[str, str, int]:  # noqa: ANN001
         if out.abstained:

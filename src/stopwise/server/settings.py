@@ -33,3 +33,5 @@ class ServeSettings(BaseSettings):
     probe_max_tokens: int = Field(16, ge=1)
     upstream_timeout_s: float = Field(60.0, gt=0, description="longest silence from the upstream before the request fails")
     log_prompts: bool = False
+    drift_share: float = Field(0.0, ge=0, le=1, description="share of policy requests also run at full compute in the shadow")
+    drift_alpha: float = Field(0.05, gt=0, lt=1, description="error level of the drift monitor's anytime-valid bound")
