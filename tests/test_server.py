@@ -50,7 +50,14 @@ def policy_files(tmp_path_factory, smollm2_path):
     doc["conditions"].update(model="SmolLM2-135M-Instruct Q4_1", model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", sampling={"temperature": 0.7, "top_p": 0.95}, forcing_string=None)
     mine = d / "mv_smollm2.json"
     mine.write_text(json.dumps(doc))
-    return other, mine
+    ac = d / "ac_other.json"
+    r = CliRunner().invoke(cli, ["calibrate", "--traces", str(bundled_path("qwq_gsm8k")), "--policy", "answer_convergence", "--epsilon", "0.1", "--out", str(ac)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(ac.read_text())
+    doc["conditions"].update(model="SmolLM2-135M-Instruct Q4_1", model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", sampling={"temperature": 0.7, "top_p": 0.95}, forcing_string=None)
+    ac_mine = d / "ac_smollm2.json"
+    ac_mine.write_text(json.dumps(doc))
+    return other, mine, ac_mine
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +66,9 @@ def server(smollm2_path, policy_files):
     from stopwise.server.app import create_app
     from stopwise.server.settings import ServeSettings
 
-    other, mine = policy_files
+    other, mine, ac = policy_files
     be = EmbeddedBackend(smollm2_path, n_ctx_seq=1024, n_seq_max=20)
-    settings = ServeSettings(backend="smollm2", policies=[str(mine)], max_chains=4, default_max_tokens=48, max_concurrent=4)
+    settings = ServeSettings(backend="smollm2", policies=[str(mine), str(ac)], max_chains=4, default_max_tokens=48, max_concurrent=4, probe_every=8)
     app = create_app(settings, backend=be)
     run = Running(app, free_port())
     yield run
@@ -95,13 +102,14 @@ def test_policy_off_passes_through_streamed_and_not(client):
 
 
 def test_calibrated_policy_answers_with_the_stopwise_object(client):
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3? Put the answer in \\boxed{}."}], max_tokens=48, temperature=0.7, top_p=0.95, seed=1)
+    MV = {"stopwise": {"policy": "majority_vote"}}
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3? Put the answer in \\boxed{}."}], max_tokens=48, temperature=0.7, top_p=0.95, seed=1, extra_body=MV)
     sw = r.model_extra["stopwise"]
     assert sw["family"] == "majority_vote" and sw["certified"] is True and sw["chains"] == 4
     assert sw["epsilon"] == pytest.approx(0.1) and sw["certificate"]["n"] > 0
     assert r.usage.completion_tokens == sw["generated_tokens"] >= sw["tokens"]
     assert r.choices[0].message.content
-    s = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=32, temperature=0.7, top_p=0.95, seed=1, stream=True))
+    s = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=32, temperature=0.7, top_p=0.95, seed=1, stream=True, extra_body=MV))
     assert s[-1].model_extra["stopwise"]["chains"] == 4
 
 
@@ -109,7 +117,9 @@ def test_requests_outside_the_certificate_are_refused(client):
     import openai
 
     with pytest.raises(openai.BadRequestError, match="outside the certified conditions.*temperature 0.2"):
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.2)
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.2, extra_body={"stopwise": {"policy": "majority_vote"}})
+    with pytest.raises(openai.BadRequestError, match="several policies are loaded"):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
     with pytest.raises(openai.BadRequestError, match="not certified for policy 'majority_vote'"):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=8, extra_body={"stopwise": {"policy": "majority_vote", "epsilon": 0.3}})
     with pytest.raises(openai.BadRequestError, match="is not loaded"):
@@ -136,7 +146,7 @@ def test_uncertified_requests_are_marked_when_the_operator_says_so(smollm2_path,
     from stopwise.server.app import create_app
     from stopwise.server.settings import ServeSettings
 
-    other, _ = policy_files
+    other = policy_files[0]
     be = EmbeddedBackend(smollm2_path, n_ctx_seq=512, n_seq_max=12)
     app = create_app(ServeSettings(backend="smollm2", policies=[str(other)], max_chains=4, uncertified="mark"), backend=be)
     run = Running(app, free_port())
@@ -166,7 +176,7 @@ def test_drift_monitor_bound_appears_in_metrics(smollm2_path, policy_files):
     from stopwise.server.app import create_app
     from stopwise.server.settings import ServeSettings
 
-    _, mine = policy_files
+    mine = policy_files[1]
     be = EmbeddedBackend(smollm2_path, n_ctx_seq=512, n_seq_max=12)
     app = create_app(ServeSettings(backend="smollm2", policies=[str(mine)], max_chains=4, drift_share=1.0), backend=be)
     run = Running(app, free_port())
@@ -183,3 +193,17 @@ def test_drift_monitor_bound_appears_in_metrics(smollm2_path, policy_files):
         assert "stopwise_requests_total" in text and "stopwise_request_seconds_count" in text
     finally:
         run.stop()
+
+
+def test_single_chain_policy_streams_tokens_as_they_come_then_the_forced_answer(client):
+    AC = {"stopwise": {"policy": "answer_convergence"}}
+    msgs = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples? Think step by step."}]
+    whole = client.chat.completions.create(model="m", messages=msgs, max_tokens=96, temperature=0.7, top_p=0.95, seed=5, extra_body=AC)
+    chunks = list(client.chat.completions.create(model="m", messages=msgs, max_tokens=96, temperature=0.7, top_p=0.95, seed=5, stream=True, extra_body=AC))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 3  # token by token, not one block
+    assert "".join(pieces) == whole.choices[0].message.content  # same seed, same decision, same text
+    sw = chunks[-1].model_extra["stopwise"]
+    assert sw == {**whole.model_extra["stopwise"]} and sw["family"] == "answer_convergence" and sw["chains"] == 1
+    if sw["stopped_early"]:
+        assert "Final answer: $\\boxed{" in whole.choices[0].message.content

@@ -199,7 +199,15 @@ class ChainHandle(ABC):
     @property
     @abstractmethod
     def text(self) -> str:
-        """The text generated so far."""
+        """The text generated (read) so far."""
+
+    def prefix_text(self, n: int) -> str:
+        """The text of the chain's first ``n`` tokens."""
+        steps = getattr(self, "steps", [])[:n]
+        raw = [s.raw for s in steps]
+        if raw and all(r is not None for r in raw):
+            return b"".join(raw).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+        return "".join(s.text for s in steps)
 
 
 class StreamChainHandle(ChainHandle):

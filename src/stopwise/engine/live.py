@@ -122,6 +122,8 @@ class LiveDriver:
         The final answer of a finished chain's text (default: :func:`stopwise.answers.extract_answer`).
     max_chains : int
         Most chains the policy may draw (``Spawn`` beyond it is capped, as in replay).
+    on_token : callable ``(chain, TokenStep) -> None``, optional
+        Called for each token as it is delivered to the policy (streaming).
     """
 
     def __init__(
@@ -132,7 +134,9 @@ class LiveDriver:
         max_chains: int,
         final_answer: Callable[[ChainHandle], str | None] | None = None,
         family_name: str = "?",
+        on_token: Callable[[int, TokenStep], None] | None = None,
     ) -> None:
+        self.on_token = on_token
         self.open_chain = open_chain
         self.classes = classes
         self.max_chains = max_chains
@@ -190,6 +194,8 @@ class _Run:
                     st = self.buf[c].pop(0)
                     self.pos[c] += 1
                     p = self.pos[c]
+                    if self.d.on_token is not None:
+                        self.d.on_token(c, st)
                     await self._deliver(Tokens(c, p, _f(st.logprob), _f(st.confidence), _f(st.entropy)))
                     if self.decision is None and self.live[c] and not self.buf[c] and self.ended[c]:
                         await self._finish(c)

@@ -75,8 +75,11 @@ class TraceChain(ChainHandle):
 
     @property
     def text(self) -> str:
+        return self.prefix_text(self.i)
+
+    def prefix_text(self, n: int) -> str:
         if self.tokens is not None:
-            return "".join(t or "" for t in self.tokens[: self.i])
+            return "".join(t or "" for t in self.tokens[:n])
         return self.row.get("text") or ""
 
 

@@ -325,34 +325,27 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             return await be.open_chain(prompt, s, schedule, settings.forcing, settings.probe_max_tokens)
 
         n_chains = settings.max_chains if lp.family.kind == "multi" else 1
-        drv = LiveDriver(open_chain, classes, max_chains=n_chains, family_name=lp.name)
-        async with gate:
-            out = await drv.run(lp.family.make(lp.index, n_chains=n_chains))
-            content, finish, forced_cost = await render_decision(out, classes)
-        if settings.drift_share > 0 and rng.random() < settings.drift_share:
-            task = asyncio.create_task(shadow(lp, open_chain, classes, n_chains, out))
-            shadows.add(task)
-            task.add_done_callback(shadows.discard)
-        probe_tokens = out.probe_tokens + forced_cost
-        sw = {
-            **lp.summary(),
-            "certified": not problems,
-            "uncertified_reasons": problems or None,
-            "chains": out.chains,
-            "tokens": out.tokens,
-            "generated_tokens": out.generated,
-            "probe_tokens": probe_tokens,
-            "stopped_early": len(out.stopped_early),
-            "abstained": out.abstained,
-            "escalated": out.escalated,
-            "answer": classes.text(out.answer) if out.answer >= 0 else None,
-        }
-        metrics.inc("tokens_generated_total", out.generated)
-        metrics.inc("probe_tokens_total", probe_tokens)
-        metrics.inc("chains_stopped_early_total", len(out.stopped_early))
-        if out.abstained:
-            metrics.inc("abstentions_total")
-        metrics.observe(time.monotonic() - t0)
+        live_tokens: asyncio.Queue | None = asyncio.Queue() if stream and n_chains == 1 else None
+        on_token = (lambda c, st: live_tokens.put_nowait(st.text)) if live_tokens is not None else None
+        drv = LiveDriver(open_chain, classes, max_chains=n_chains, family_name=lp.name, on_token=on_token)
+
+        async def decide():  # noqa: ANN202
+            async with gate:
+                out = await drv.run(lp.family.make(lp.index, n_chains=n_chains))
+                content, finish, forced_cost = await render_decision(out, classes)
+            if settings.drift_share > 0 and rng.random() < settings.drift_share:
+                task = asyncio.create_task(shadow(lp, open_chain, classes, n_chains, out))
+                shadows.add(task)
+                task.add_done_callback(shadows.discard)
+            return out, content, finish, forced_cost
+
+        if live_tokens is not None:
+            # one chain: the policy is committed to it from the start, so its tokens stream
+            # as they are delivered; the forced answer (if it stopped early) comes at the end
+            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes), media_type="text/event-stream")
+        out, content, finish, forced_cost = await decide()
+        sw = policy_object(lp, problems, out, forced_cost, classes)
+        account(out, forced_cost, t0)
         use = P.usage(0, out.generated)
         if stream:
             async def gen():  # noqa: ANN202
@@ -368,6 +361,72 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
             return StreamingResponse(gen(), media_type="text/event-stream")
         return (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw)
+
+    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes):  # noqa: ANN001, ANN202
+        task = asyncio.create_task(decide())
+        sent = []
+        try:
+            if chat:
+                yield _sse(P.chat_chunk(rid, model_name, None, role=True))
+            while True:
+                getter = asyncio.ensure_future(q.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    text = getter.result()
+                    sent.append(text)
+                    yield _sse(P.chat_chunk(rid, model_name, text) if chat else P.completion_chunk(rid, model_name, text))
+                    continue
+                getter.cancel()
+                while not q.empty():
+                    text = q.get_nowait()
+                    sent.append(text)
+                    yield _sse(P.chat_chunk(rid, model_name, text) if chat else P.completion_chunk(rid, model_name, text))
+                break
+            try:
+                out, content, finish, forced_cost = task.result()
+            except StopwiseError as exc:
+                yield _sse(P.error_body(str(exc), type_="upstream_error"))
+                return
+            streamed = "".join(sent)
+            rest = content[len(streamed):] if content.startswith(streamed) else ""
+            if out.abstained or out.escalated:
+                rest = "\n\n" + content  # the tokens already streamed stay; the message says why it ends
+            if rest:
+                yield _sse(P.chat_chunk(rid, model_name, rest) if chat else P.completion_chunk(rid, model_name, rest))
+            sw = policy_object(lp, problems, out, forced_cost, classes)
+            account(out, forced_cost, t0)
+            fin = {"stopwise": sw, "usage": P.usage(0, out.generated)}
+            yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not task.done():
+                # the client went away: stop the policy, which cancels its chains upstream
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def account(out, forced_cost, t0):  # noqa: ANN001, ANN202
+        metrics.inc("tokens_generated_total", out.generated)
+        metrics.inc("probe_tokens_total", out.probe_tokens + forced_cost)
+        metrics.inc("chains_stopped_early_total", len(out.stopped_early))
+        if out.abstained:
+            metrics.inc("abstentions_total")
+        metrics.observe(time.monotonic() - t0)
+
+    def policy_object(lp, problems, out, forced_cost, classes):  # noqa: ANN001, ANN202
+        return {
+            **lp.summary(),
+            "certified": not problems,
+            "uncertified_reasons": problems or None,
+            "chains": out.chains,
+            "tokens": out.tokens,
+            "generated_tokens": out.generated,
+            "probe_tokens": out.probe_tokens + forced_cost,
+            "stopped_early": len(out.stopped_early),
+            "abstained": out.abstained,
+            "escalated": out.escalated,
+            "answer": classes.text(out.answer) if out.answer >= 0 else None,
+        }
 
     async def shadow(lp, open_chain, classes, n_chains, out):  # noqa: ANN001, ANN202
         """Full compute with the same seeds (the same chains, run to their end); one loss for the monitor."""
@@ -411,10 +470,10 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 try:
                     pr = await h.probe((out.positions[c], "final"))
                     ans = forced_answer(pr.text or "") or classes.text(out.answer) or ""
-                    return h.text + settings.forcing + ans + "}$", "stop", int(pr.cost)
+                    return h.prefix_text(out.positions[c]) + settings.forcing + ans + "}$", "stop", int(pr.cost)
                 except (BackendError, TypeError, ValueError):
-                    return h.text + settings.forcing + (classes.text(out.answer) or "") + "}$", "stop", 0
-            return h.text, h.finish_reason if h.finish_reason in ("stop", "length") else "stop", 0
+                    return h.prefix_text(out.positions[c]) + settings.forcing + (classes.text(out.answer) or "") + "}$", "stop", 0
+            return h.prefix_text(out.positions[c]), h.finish_reason if h.finish_reason in ("stop", "length") else "stop", 0
         return classes.text(out.answer) or "", "stop", 0
 
     @app.post("/v1/chat/completions")
