@@ -173,7 +173,7 @@ class OpenAICompatBackend(Backend):
                 try:
                     return resp.json()
                 except ValueError as exc:
-                    raise BackendError(f"{what}: upstream sent a body that is not JSON: {resp.text[:200]!r}", retryable=True) from exc
+                    raise BackendError(f"{what}: malformed response from {self.root} (not JSON): {resp.text[:200]!r}", retryable=True) from exc
             except Exception as exc:  # noqa: BLE001 - mapped here, at the boundary
                 last = self._map(exc, what)
                 if not last.retryable or i == attempts - 1:
@@ -189,7 +189,10 @@ class OpenAICompatBackend(Backend):
                 resp = await self._client.get(self.base + "/models")
                 if resp.status_code >= 400:
                     raise await self._status_error(resp, "GET /v1/models")
-                data = resp.json().get("data") or []
+                try:
+                    data = resp.json().get("data") or []
+                except (ValueError, AttributeError) as exc:
+                    raise BackendError(f"GET /v1/models: malformed response from {self.root} (not the OpenAI JSON): {resp.text[:120]!r}", retryable=True) from exc
             except Exception as exc:  # noqa: BLE001
                 raise self._map(exc, "GET /v1/models") from exc
             if not data:

@@ -96,3 +96,72 @@ def trace_opener(rows: list[dict[str, Any]], *, delay: float = 0.0):
         return TraceChain(rows[i], delay=delay)
 
     return open_chain
+
+
+class TraceStreamBackend:
+    """A :class:`stopwise.backends.base.Backend` that streams logged chains at a fixed rate.
+
+    Used as an instrumented upstream (``stopwise serve --backend trace:DIR?rate=R``):
+    the chain streamed for a request is picked from the prompt and seed
+    (deterministic), tokens come every ``1/rate`` seconds, and ``live_streams``
+    counts the generations in progress, so a test or a benchmark can see that a
+    stopped or abandoned chain stops generating here.
+    """
+
+    def __init__(self, path: str, *, rate: float = 100.0) -> None:
+        from stopwise.backends.base import Capabilities
+        from stopwise.traces.io import read_trace_set
+
+        self.ts = read_trace_set(path)
+        self.rows = self.ts.chains.select([c for c in ("n_tokens", "tokens", "token_logprobs", "token_confidence", "entropy", "finish_reason", "text") if c in self.ts.chains.column_names]).to_pylist()
+        self.rate = float(rate)
+        self.name = f"trace:{self.ts.name}"
+        self.capabilities = Capabilities(logprobs=True, top_k=0, prefix_continuation=True)
+        self.live_streams = 0
+        self.started = 0
+
+    def model_info(self) -> dict[str, Any]:
+        return {"model": self.name, "backend": "logged trace set streamed at a fixed rate"}
+
+    def render_chat(self, messages) -> str:  # noqa: ANN001
+        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+    def _pick(self, prompt: str, seed: int | None) -> dict[str, Any]:
+        import hashlib
+
+        h = int.from_bytes(hashlib.sha256(f"{prompt}|{seed}".encode()).digest()[:8], "little")
+        return self.rows[h % len(self.rows)]
+
+    async def stream(self, prompt: str, sampling):  # noqa: ANN001, ANN201
+        row = self._pick(prompt, sampling.seed)
+        ch = TraceChain(row, delay=1.0 / self.rate if self.rate > 0 else 0.0)
+        self.live_streams += 1
+        self.started += 1
+        try:
+            n = 0
+            while n < sampling.max_tokens:
+                st = await ch.next()
+                if st is None:
+                    return
+                if not st.text:
+                    st.text = " x"
+                n += 1
+                yield st
+        finally:
+            self.live_streams -= 1
+
+    async def sample(self, prompt, sampling, n):  # noqa: ANN001, ANN201
+        from stopwise.backends.base import Backend
+
+        return await Backend.sample(self, prompt, sampling, n)  # type: ignore[arg-type]
+
+    async def continue_prefix(self, prompt, prefix, forcing, max_tokens):  # noqa: ANN001, ANN201
+        return "0}", 0.0, len(prefix) + 8, 2
+
+    async def open_chain(self, prompt, sampling, schedule, forcing, probe_max_tokens=16):  # noqa: ANN001, ANN201
+        from stopwise.backends.base import StreamChainHandle
+
+        return StreamChainHandle(self, prompt, sampling, schedule, forcing, probe_max_tokens)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        return None

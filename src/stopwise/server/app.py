@@ -95,6 +95,14 @@ def load_policy(path: str) -> LoadedPolicy:
 
 
 def make_backend(spec: str, settings: ServeSettings) -> Backend:
+    if spec.startswith("trace:"):
+        import urllib.parse
+
+        from stopwise.engine.trace_backend import TraceStreamBackend
+
+        path, _, query = spec[len("trace:"):].partition("?")
+        opts = dict(urllib.parse.parse_qsl(query))
+        return TraceStreamBackend(path, rate=float(opts.get("rate", 100)))  # type: ignore[return-value]
     if spec.startswith(("http://", "https://")):
         from stopwise.backends.openai_compat import OpenAICompatBackend
 
@@ -209,6 +217,9 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 f"stopwise_drift_epsilon{lab} {m.epsilon:g}",
                 f"stopwise_drift_alarm{lab} {int(m.alarm)}",
             ]
+        live = getattr(be, "live_streams", None)
+        if live is not None:
+            lines.append(f"stopwise_backend_live_generations {live}")
         return PlainTextResponse(metrics.render() + ("\n".join(lines) + "\n" if lines else ""))
 
     @app.get("/v1/models")

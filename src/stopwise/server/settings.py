@@ -14,7 +14,7 @@ from stopwise.backends.probes import DEFAULT_FORCING
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOPWISE_", extra="forbid")
 
-    backend: str = Field("embedded", description="embedded | embedded-1.5b | smollm2 | a GGUF path | an OpenAI-compatible URL")
+    backend: str = Field("embedded", description="embedded | embedded-1.5b | smollm2 | a GGUF path | an OpenAI-compatible URL | trace:DIR?rate=R (a logged trace set streamed at R tokens/s: a test upstream)")
     policies: list[str] = Field(default_factory=list, description="calibrated policy files (stopwise calibrate --out)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -1,0 +1,199 @@
+"""Faults between stopwise serve and its upstream, over real loopback HTTP.
+
+The upstream is instrumented: another stopwise server in pass-through mode whose
+backend streams a logged trace set at a fixed rate and reports its live
+generations in /metrics, so the tests can see that abandoned chains stop there.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from stopwise.data import bundled_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(settings, backend=None):
+    import uvicorn
+
+    from stopwise.server.app import create_app
+
+    app = create_app(settings, backend=backend)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server, t
+
+
+def live_generations(url: str) -> int:
+    m = re.search(r"stopwise_backend_live_generations (\d+)", httpx.get(url + "/metrics").text)
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    from stopwise.server.settings import ServeSettings
+
+    spec = f"trace:{bundled_path('qwq_gsm8k')}?rate=200"
+    url, server, t = start(ServeSettings(backend=spec, max_tokens_limit=100000))
+    yield url
+    server.should_exit = True
+    t.join(5)
+
+
+@pytest.fixture(scope="module")
+def front(upstream):
+    from stopwise.server.settings import ServeSettings
+
+    url, server, t = start(ServeSettings(backend=upstream, upstream_timeout_s=5, max_tokens_limit=100000))
+    yield url
+    server.should_exit = True
+    t.join(5)
+
+
+def test_client_disconnect_stops_the_upstream_generation(front, upstream):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=front + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "long"}], max_tokens=5000, stream=True, seed=3)
+    n = 0
+    for _ in stream:
+        n += 1
+        if n == 5:
+            break
+    assert live_generations(upstream) == 1
+    stream.close()  # the client goes away mid-stream
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and live_generations(upstream) != 0:
+        time.sleep(0.05)
+    assert live_generations(upstream) == 0, "the abandoned generation kept running upstream"
+
+
+def test_upstream_killed_mid_stream_ends_the_client_stream_cleanly(tmp_path):
+    """A separate upstream process killed with SIGKILL mid-stream: the client gets an error
+    chunk and the end of the stream within a bounded time, never a hang."""
+    from openai import OpenAI
+
+    from stopwise.server.settings import ServeSettings
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stopwise.cli.main", "serve", "--backend", f"trace:{bundled_path('qwq_gsm8k')}?rate=100", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        up = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(up + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        url, server, t = start(ServeSettings(backend=up, upstream_timeout_s=3))
+        client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+        t0 = time.monotonic()
+        got, errors = [], []
+        stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=300, stream=True)
+        try:
+            for chunk in stream:
+                got.append(chunk)
+                if len(got) == 5:
+                    os.kill(proc.pid, signal.SIGKILL)
+        except Exception as exc:  # the client reports the error chunk as an APIError
+            errors.append(exc)
+        assert time.monotonic() - t0 < 15
+        assert 5 <= len(got) < 300
+        assert errors, "the client should see the upstream failure"
+        msg = str(errors[0]).lower()
+        assert "upstream" in msg or "broke" in msg
+        server.should_exit = True
+        t.join(5)
+    finally:
+        proc.kill()
+
+
+def _raw_server(handler):
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def loop():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=handler, args=(conn, stop), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return f"http://127.0.0.1:{srv.getsockname()[1]}", lambda: (stop.set(), srv.close())
+
+
+def _read(conn):
+    conn.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
+    while len(body) < length:
+        body += conn.recv(65536)
+
+
+@pytest.mark.parametrize("kind", ["stall", "garbage", "refused"])
+def test_bad_upstreams_give_a_clean_error_in_bounded_time(kind):
+    import openai
+    from openai import OpenAI
+
+    from stopwise.server.settings import ServeSettings
+
+    def stall(conn, stop):
+        _read(conn)
+        stop.wait(30)
+
+    def garbage(conn, stop):
+        _read(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: <html>oops\n\n")
+        conn.close()
+
+    if kind == "refused":
+        up, close = f"http://127.0.0.1:{free_port()}", lambda: None
+    else:
+        up, close = _raw_server(stall if kind == "stall" else garbage)
+    try:
+        url, server, t = start(ServeSettings(backend=up, upstream_timeout_s=1.5))
+        from stopwise.backends.openai_compat import OpenAICompatBackend
+
+        client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+        t0 = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as ei:
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], max_tokens=5)
+        assert ei.value.status_code == 502
+        assert time.monotonic() - t0 < 10
+        msg = str(ei.value)
+        assert {"stall": "timed out", "garbage": "malformed", "refused": "cannot connect"}[kind] in msg
+        server.should_exit = True
+        t.join(5)
+    finally:
+        close()
