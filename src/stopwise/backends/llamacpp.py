@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import heapq
 import math
 import os
 import threading
@@ -241,7 +242,7 @@ class BatchEngine:
         self.n_seq_max = n_seq_max
         self.n_vocab = self.model.n_vocab()
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._free_seqs = list(range(n_seq_max - 1, -1, -1))
+        self._free_seqs = list(range(n_seq_max))  # a min-heap: the lowest free id first
         self._chains: dict[int, _Chain] = {}
         self._prompts: list[_Prompt] = []
         self._probes: list[_Probe] = []
@@ -316,7 +317,7 @@ class BatchEngine:
         chains = []
         for s in samplings:
             seed = s.seed if s.seed is not None else int(np.random.SeedSequence().entropy % (2**63))
-            c = _Chain(self._next_cid, self._free_seqs.pop(), s, np.random.default_rng(seed), len(prompt_tokens), prompt=list(prompt_tokens))
+            c = _Chain(self._next_cid, heapq.heappop(self._free_seqs), s, np.random.default_rng(seed), len(prompt_tokens), prompt=list(prompt_tokens))
             self._next_cid += 1
             self._chains[c.cid] = c
             chains.append(c)
@@ -369,7 +370,7 @@ class BatchEngine:
     def _release(self, c: _Chain) -> None:
         if c.cid in self._chains and not any(c in p.chains for p in self._prompts):
             self._ll.llama_memory_seq_rm(self.ctx.memory, c.seq, -1, -1)
-            self._free_seqs.append(c.seq)
+            heapq.heappush(self._free_seqs, c.seq)
             del self._chains[c.cid]
             # keep its tokens a while: a probe may still be asked at one of its positions
             self._retired[c.cid] = c
@@ -378,7 +379,7 @@ class BatchEngine:
 
     def _end_probe(self, p: _Probe) -> None:
         self._ll.llama_memory_seq_rm(self.ctx.memory, p.seq, -1, -1)
-        self._free_seqs.append(p.seq)
+        heapq.heappush(self._free_seqs, p.seq)
         self._probes.remove(p)
 
     # ---- one step ---------------------------------------------------------------------------
@@ -437,7 +438,7 @@ class BatchEngine:
                 continue
             prefix_len = c.prompt_len + r.position
             copied = min(prefix_len, c.pos) if r.cid in self._chains else 0
-            seq = self._free_seqs.pop()
+            seq = heapq.heappop(self._free_seqs)
             if copied:
                 # across KV streams only whole sequences can be copied: copy, then cut at `copied`
                 self._ll.llama_memory_seq_cp(self.ctx.memory, c.seq, seq, -1, -1)
