@@ -80,6 +80,8 @@ def chain_seed(seed: int, question_id: str, sample_id: int) -> int:
 
 @dataclass
 class _Live:
+    """A chain being collected: its per-token columns, probes and the positions probed."""
+
     item: DatasetItem
     sample_id: int
     seed: int
@@ -93,6 +95,36 @@ class _Live:
     probes: list[tuple[int, str | None, float, int, str]]
     probed_at: set[int]
     finish: str | None = None
+
+    def add(self, st: Any, cfg: CollectConfig) -> list[tuple[int, str]]:
+        """Record one generated token; returns the probes to take now as (position, cue).
+
+        Scheduled probes every ``probe_every`` tokens, cue probes after a blank line
+        and before a transition word; none at ``max_tokens`` (the chain ends there).
+        """
+        prev = self.tokens[-1] if self.tokens else ""
+        self.tokens.append(st.text)
+        self.raw.append(st.raw if st.raw is not None else st.text.encode("utf-8"))
+        self.logprobs.append(st.logprob)
+        self.top_lp.append(st.top_logprobs[: cfg.top_k])
+        self.top_tok.append(st.top_tokens[: cfg.top_k])
+        self.entropy.append(st.entropy)
+        conf = st.confidence
+        if math.isnan(conf) and st.top_logprobs:  # HTTP: DeepConf confidence over the top-k the server gives
+            conf = -sum(st.top_logprobs) / len(st.top_logprobs)
+        self.conf.append(conf)
+        n = len(self.tokens)
+        out: list[tuple[int, str]] = []
+        cue, before = token_cue(st.text, prev) if cfg.cue_probes else (None, False)
+        if cue is not None:
+            pos = n - 1 if before else n
+            if 0 < pos < cfg.max_tokens and pos not in self.probed_at:
+                self.probed_at.add(pos)
+                out.append((pos, cue))
+        if cfg.probe_every and n % cfg.probe_every == 0 and n < cfg.max_tokens and n not in self.probed_at:
+            self.probed_at.add(n)
+            out.append((n, "schedule"))
+        return out
 
 
 def _state_dir(out: Path) -> Path:
@@ -277,26 +309,9 @@ def collect(
                     if lc is None:
                         continue
                     if ev.kind == "token":
-                        st = ev.step
-                        prev = lc.tokens[-1] if lc.tokens else ""
-                        lc.tokens.append(st.text)
-                        lc.raw.append(st.raw or b"")
-                        lc.logprobs.append(st.logprob)
-                        lc.top_lp.append(st.top_logprobs[: cfg.top_k])
-                        lc.top_tok.append(st.top_tokens[: cfg.top_k])
-                        lc.entropy.append(st.entropy)
-                        lc.conf.append(st.confidence)
                         tokens += 1
-                        n = len(lc.tokens)
-                        cue, before = token_cue(st.text, prev) if cfg.cue_probes else (None, False)
-                        if cue is not None:
-                            pos = n - 1 if before else n
-                            if pos > 0 and pos not in lc.probed_at:
-                                lc.probed_at.add(pos)
-                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=forced_answer_done, position=pos)
-                        if cfg.probe_every and n % cfg.probe_every == 0 and n not in lc.probed_at:
-                            lc.probed_at.add(n)
-                            engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue="schedule", stop=forced_answer_done)
+                        for pos, cue in lc.add(ev.step, cfg):
+                            engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=forced_answer_done, position=pos)
                     elif ev.kind == "probe":
                         pr = ev.probe
                         lc.probes.append((pr.position, forced_answer(pr.text), pr.logprob, pr.cost, pr.cue))
@@ -404,25 +419,10 @@ async def _collect_http(
             steps: list[Any] = []
             tasks = []
             async for st in be.stream(prompt, smp):
-                prev = lc.tokens[-1] if lc.tokens else ""
                 steps.append(st)
-                lc.tokens.append(st.text)
-                lc.raw.append(st.text.encode("utf-8"))
-                lc.logprobs.append(st.logprob)
-                lc.top_lp.append(st.top_logprobs[: cfg.top_k])
-                lc.top_tok.append(st.top_tokens[: cfg.top_k])
-                lc.conf.append(-sum(st.top_logprobs) / len(st.top_logprobs) if st.top_logprobs else math.nan)
                 counters["tokens"] += 1
-                n = len(lc.tokens)
-                cue, before = token_cue(st.text, prev) if cfg.cue_probes else (None, False)
-                if cue is not None:
-                    pos = n - 1 if before else n
-                    if pos > 0 and pos not in lc.probed_at:
-                        lc.probed_at.add(pos)
-                        tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
-                if cfg.probe_every and n % cfg.probe_every == 0 and n not in lc.probed_at and n < cfg.max_tokens:
-                    lc.probed_at.add(n)
-                    tasks.append(asyncio.create_task(probe(prompt, steps[:n], n, "schedule")))
+                for pos, cue in lc.add(st, cfg):
+                    tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
             lc.probes = list(await asyncio.gather(*tasks))
             lc.finish = "length" if len(lc.tokens) >= cfg.max_tokens else "stop"
             lc.entropy = None  # type: ignore[assignment]
