@@ -79,7 +79,7 @@ def test_logprobs_are_raw_log_softmax_and_match_llama_cpp(engine, smollm2_path):
     from llama_cpp import Llama
 
     ids = engine.tokenize_prompt(PROMPT)
-    cids = engine.submit(ids, [Sampling(temperature=0.0, max_tokens=12, seed=0)])
+    engine.submit(ids, [Sampling(temperature=0.0, max_tokens=12, seed=0)])
     steps = []
     while engine.n_active:
         steps += [ev.step for ev in engine.step() if ev.kind == "token"]
@@ -94,7 +94,7 @@ def test_logprobs_are_raw_log_softmax_and_match_llama_cpp(engine, smollm2_path):
         assert s.top_logprobs == sorted(s.top_logprobs, reverse=True)
         assert s.entropy >= 0 and s.confidence >= -s.top_logprobs[0] - 1e-6
     # sampling temperature does not change the recorded logprobs (temperature-1 convention)
-    cids = engine.submit(ids, [Sampling(temperature=0.3, top_k=1, max_tokens=12, seed=0)])
+    engine.submit(ids, [Sampling(temperature=0.3, top_k=1, max_tokens=12, seed=0)])
     hot = []
     while engine.n_active:
         hot += [ev.step for ev in engine.step() if ev.kind == "token"]

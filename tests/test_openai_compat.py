@@ -3,23 +3,16 @@
 servers for the error paths."""
 
 import asyncio
-import math
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from net_helpers import fake_upstream, free_port, read_request
 
 from stopwise.backends.base import Sampling
 from stopwise.errors import BackendError
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -156,35 +149,8 @@ def test_closing_a_stream_stops_the_upstream_generation(upstream):
 # ---- misbehaving upstreams ---------------------------------------------------------------
 
 
-def _serve(handler):
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    stop = threading.Event()
-
-    def loop():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            threading.Thread(target=handler, args=(conn, stop), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    return f"http://127.0.0.1:{srv.getsockname()[1]}", lambda: (stop.set(), srv.close())
 
 
-def _read_request(conn):
-    conn.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
-    while len(body) < length:
-        body += conn.recv(65536)
 
 
 def test_dead_upstream_is_a_retryable_error_not_a_hang():
@@ -206,13 +172,13 @@ def test_dead_upstream_is_a_retryable_error_not_a_hang():
 
 def test_stalled_upstream_times_out():
     def stall(conn, stop):
-        _read_request(conn)
+        read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
         conn.sendall(b'data: {"choices": [{"text": "a", "index": 0}]}\n\n')
         stop.wait(30)
         conn.close()
 
-    url, close = _serve(stall)
+    url, close = fake_upstream(stall)
 
     async def main():
         be = backend(url, model="m", read_timeout=1.0)
@@ -235,12 +201,12 @@ def test_stalled_upstream_times_out():
 
 def test_garbage_and_http_errors_are_named():
     def garbage(conn, stop):
-        _read_request(conn)
+        read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: {not json\n\n")
         conn.close()
 
     def refuse(conn, stop):
-        _read_request(conn)
+        read_request(conn)
         body = b'{"error": {"message": "model not found", "type": "invalid_request_error"}}'
         conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         conn.close()
@@ -255,7 +221,7 @@ def test_garbage_and_http_errors_are_named():
             await be.aclose()
 
     for handler, match, retry in [(garbage, "malformed stream chunk", True), (refuse, "HTTP 404: model not found", False)]:
-        url, close = _serve(handler)
+        url, close = fake_upstream(handler)
         try:
             asyncio.run(main(url, match, retry))
         finally:

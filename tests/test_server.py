@@ -2,17 +2,12 @@
 and the embedded backend (SmolLM2-135M) as the model."""
 
 import json
-import socket
 import threading
 import time
 
 import pytest
+from net_helpers import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Running:
@@ -32,6 +27,14 @@ class Running:
         self.thread.join(10)
 
 
+def _as_smollm2(src, dst):
+    """The policy file ``src`` with its certified conditions rewritten to the SmolLM2 backend."""
+    doc = json.loads(src.read_text())
+    doc["conditions"].update(model="SmolLM2-135M-Instruct Q4_1", model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", sampling={"temperature": 0.7, "top_p": 0.95}, forcing_string=None)
+    dst.write_text(json.dumps(doc))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def policy_files(tmp_path_factory, smollm2_path):
     """A majority_vote policy calibrated by `stopwise calibrate` on a bundled set (conditions:
@@ -46,17 +49,11 @@ def policy_files(tmp_path_factory, smollm2_path):
     other = d / "mv_other.json"
     r = CliRunner().invoke(cli, ["calibrate", "--traces", str(bundled_path("qwen25math_math100")), "--policy", "majority_vote", "--epsilon", "0.1", "--out", str(other)])
     assert r.exit_code == 0, r.output
-    doc = json.loads(other.read_text())
-    doc["conditions"].update(model="SmolLM2-135M-Instruct Q4_1", model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", sampling={"temperature": 0.7, "top_p": 0.95}, forcing_string=None)
-    mine = d / "mv_smollm2.json"
-    mine.write_text(json.dumps(doc))
+    mine = _as_smollm2(other, d / "mv_smollm2.json")
     ac = d / "ac_other.json"
     r = CliRunner().invoke(cli, ["calibrate", "--traces", str(bundled_path("qwq_gsm8k")), "--policy", "answer_convergence", "--epsilon", "0.1", "--out", str(ac)])
     assert r.exit_code == 0, r.output
-    doc = json.loads(ac.read_text())
-    doc["conditions"].update(model="SmolLM2-135M-Instruct Q4_1", model_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", sampling={"temperature": 0.7, "top_p": 0.95}, forcing_string=None)
-    ac_mine = d / "ac_smollm2.json"
-    ac_mine.write_text(json.dumps(doc))
+    ac_mine = _as_smollm2(ac, d / "ac_smollm2.json")
     return other, mine, ac_mine
 
 

@@ -8,7 +8,6 @@ generations in /metrics, so the tests can see that abandoned chains stop there.
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,14 +15,10 @@ import time
 
 import httpx
 import pytest
+from net_helpers import fake_upstream, free_port, read_request
 
 from stopwise.data import bundled_path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(settings, backend=None):
@@ -130,35 +125,8 @@ def test_upstream_killed_mid_stream_ends_the_client_stream_cleanly(tmp_path):
         proc.kill()
 
 
-def _raw_server(handler):
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    stop = threading.Event()
-
-    def loop():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                continue
-            threading.Thread(target=handler, args=(conn, stop), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    return f"http://127.0.0.1:{srv.getsockname()[1]}", lambda: (stop.set(), srv.close())
 
 
-def _read(conn):
-    conn.settimeout(5)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")), 0)
-    while len(body) < length:
-        body += conn.recv(65536)
 
 
 @pytest.mark.parametrize("kind", ["stall", "garbage", "refused"])
@@ -169,21 +137,20 @@ def test_bad_upstreams_give_a_clean_error_in_bounded_time(kind):
     from stopwise.server.settings import ServeSettings
 
     def stall(conn, stop):
-        _read(conn)
+        read_request(conn)
         stop.wait(30)
 
     def garbage(conn, stop):
-        _read(conn)
+        read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: <html>oops\n\n")
         conn.close()
 
     if kind == "refused":
         up, close = f"http://127.0.0.1:{free_port()}", lambda: None
     else:
-        up, close = _raw_server(stall if kind == "stall" else garbage)
+        up, close = fake_upstream(stall if kind == "stall" else garbage)
     try:
         url, server, t = start(ServeSettings(backend=up, upstream_timeout_s=1.5))
-        from stopwise.backends.openai_compat import OpenAICompatBackend
 
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
         t0 = time.monotonic()
