@@ -308,3 +308,16 @@ def test_percentile_rows_matches_numpy():
     for q in (0, 10, 30, 50, 70, 90, 100):
         np.testing.assert_allclose(percentile_rows(x, q), np.percentile(x, q, axis=1), rtol=0, atol=1e-14)
     assert math.isclose(float(percentile_rows(np.array([[1.0, 2.0]]), 50)[0]), 1.5)
+
+
+def test_deepconf_fits_sets_with_few_and_short_chains():
+    from stopwise.policies.registry import get_family
+    from stopwise.traces.synthetic import synthetic_trace_set
+
+    small = synthetic_trace_set(6, 8, mean_tokens=200, seed=1)
+    fam = get_family("deepconf_online")
+    assert fam.supports(small) is not None  # 16 warm-up chains need 17
+    fitted = fam.fit_to(small)
+    assert fitted.warmup == 4 and 16 <= fitted.window <= 200 // 4 and fitted.supports(small) is None
+    big = synthetic_trace_set(3, 20, mean_tokens=40000, seed=1)
+    assert fam.fit_to(big) is fam  # DeepConf's own regime: unchanged

@@ -91,7 +91,7 @@ def applicable_families(ts: TraceSet, families: Sequence[str] | None, risk: str)
         names = [n for n in names if "abstain" in n]
     fams, skipped = [], {}
     for name in names:
-        fam = get_family(name)
+        fam = get_family(name).fit_to(ts)
         why = fam.supports(ts)
         if why is None and risk != "selective" and "abstain" in name:
             why = "an abstention family: bench it with --risk selective"

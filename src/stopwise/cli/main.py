@@ -243,7 +243,7 @@ def replay_cmd(traces, policy, risk, json_out) -> None:  # noqa: ANN001
     from stopwise.traces import read_trace_set
 
     ts = read_trace_set(traces)
-    fam = get_family(policy)
+    fam = get_family(policy).fit_to(ts)
     why = fam.supports(ts)
     if why:
         from stopwise.errors import UnsupportedError
@@ -288,7 +288,7 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
     from stopwise.traces import read_trace_set
 
     ts = read_trace_set(traces)
-    fam = get_family(policy)
+    fam = get_family(policy).fit_to(ts)
     why = fam.supports(ts)
     if why:
         raise UnsupportedError(f"policy '{policy}' cannot run on '{ts.name}': {why}")

@@ -233,6 +233,14 @@ class Family(abc.ABC):
         """The family's fixed settings (everything but the knob), for policy files."""
         return {}
 
+    def fit_to(self, ts) -> Family:  # noqa: ANN001
+        """This family with its fixed settings scaled to ``ts`` where the defaults cannot run on it.
+
+        Decided from the set's shape only (chain counts, lengths), never from answers,
+        so it is fixed before calibration. Default: unchanged.
+        """
+        return self
+
     def supports(self, ts) -> str | None:  # noqa: ANN001
         """None if ``ts`` has what this family needs, else a one-line reason."""
         missing = [c for c in self.requires if not ts.has(c)]

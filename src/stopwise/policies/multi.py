@@ -671,6 +671,20 @@ class DeepConfOnline(MultiChainFamily):
             )
         return None
 
+    def fit_to(self, ts):  # noqa: ANN001, ANN201
+        """Sets with fewer chains or shorter chains than DeepConf's (16 warm-up chains, 2048-token
+        windows over chains of many thousand tokens): warm up on half the chains, and use windows
+        of 1/8 of the median chain (at least 16 tokens)."""
+        if not ts.n_questions or not ts.has("token_confidence"):
+            return self
+        most = int(np.max(ts.chain_counts))
+        warmup = self.warmup if most > self.warmup else max(1, most // 2)
+        med = float(np.median(np.asarray(ts.column("n_tokens", fill=0)))) if ts.n_chains else 0.0
+        window = self.window if med >= 8 * self.window else max(16, int(med // 8))
+        if (warmup, window) == (self.warmup, self.window) or most < 4:
+            return self
+        return type(self)(window=window, warmup=warmup)
+
     def _policy(self, value, n_chains: int):  # noqa: ANN001, ANN202
         return _DeepConfPolicy(value, n_chains, self.window, self.warmup)
 
