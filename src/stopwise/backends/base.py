@@ -278,11 +278,12 @@ class Backend(ABC):
         """Apply the model's chat template client-side; returns the raw prompt text."""
 
     @abstractmethod
-    def stream(self, prompt: str, sampling: Sampling) -> AsyncIterator[TokenStep]:
+    def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True) -> AsyncIterator[TokenStep]:
         """Stream one chain's tokens from a raw prompt.
 
         Closing the iterator (``aclose``, or leaving an ``async for`` early) cancels
-        the chain upstream. Raises :class:`stopwise.errors.BackendError`.
+        the chain upstream. ``logprobs=False`` says the caller does not need them
+        (a backend may then skip asking for them). Raises :class:`stopwise.errors.BackendError`.
         """
 
     async def sample(self, prompt: str, sampling: Sampling, n: int) -> list[ChainResult]:

@@ -733,7 +733,7 @@ class EmbeddedBackend(Backend):
         self._call(cmd)
         return await fut, q
 
-    async def stream(self, prompt: str, sampling: Sampling) -> AsyncIterator[TokenStep]:
+    async def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True) -> AsyncIterator[TokenStep]:
         (cid,), q = await self._submit(prompt, [sampling])
         finished = False
         try:

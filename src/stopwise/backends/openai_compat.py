@@ -278,9 +278,11 @@ class OpenAICompatBackend(Backend):
                 raise
             raise self._map(exc, what) from exc
 
-    async def stream(self, prompt: str, sampling: Sampling) -> AsyncIterator[TokenStep]:
+    async def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True) -> AsyncIterator[TokenStep]:
         await self.model_id()
         body = self._completion_body(prompt, sampling, stream=True)
+        if not logprobs:
+            body.pop("logprobs")
         events = self._sse("/completions", body, "POST /v1/completions")
         try:
             async for obj in events:

@@ -132,7 +132,7 @@ class TraceStreamBackend:
         h = int.from_bytes(hashlib.sha256(f"{prompt}|{seed}".encode()).digest()[:8], "little")
         return self.rows[h % len(self.rows)]
 
-    async def stream(self, prompt: str, sampling):  # noqa: ANN001, ANN201
+    async def stream(self, prompt: str, sampling, *, logprobs: bool = True):  # noqa: ANN001, ANN201
         row = self._pick(prompt, sampling.seed)
         ch = TraceChain(row, delay=1.0 / self.rate if self.rate > 0 else 0.0)
         self.live_streams += 1

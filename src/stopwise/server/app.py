@@ -187,18 +187,31 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         field = ".".join(loc) or None
         return err(422, f"{field or 'body'}: {first.get('msg', 'invalid request')}", param=field)
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):  # noqa: ANN001, ANN202
-        if request.url.path.startswith("/v1/"):
-            if settings.api_key:
-                auth = request.headers.get("authorization", "")
-                token = auth[7:] if auth.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                    return err(401, "invalid or missing API key", type_="authentication_error")
-            size = request.headers.get("content-length")
-            if size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
-                return err(413, f"request body of {size} bytes exceeds the limit of {settings.max_body_bytes}")
-        return await call_next(request)
+    class Guard:
+        """API key and body-size checks as a plain ASGI middleware (Starlette's
+        ``@app.middleware("http")`` would copy every streamed chunk through a memory stream)."""
+
+        def __init__(self, inner) -> None:  # noqa: ANN001
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):  # noqa: ANN001, ANN204
+            if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+                problem = None
+                if settings.api_key:
+                    auth = headers.get("authorization", "")
+                    token = auth[7:] if auth.lower().startswith("bearer ") else ""
+                    if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                        problem = err(401, "invalid or missing API key", type_="authentication_error")
+                size = headers.get("content-length")
+                if problem is None and size is not None and size.isdigit() and int(size) > settings.max_body_bytes:
+                    problem = err(413, f"request body of {size} bytes exceeds the limit of {settings.max_body_bytes}")
+                if problem is not None:
+                    await problem(scope, receive, send)
+                    return
+            await self.inner(scope, receive, send)
+
+    app.add_middleware(Guard)
 
     @app.get("/health")
     async def health():  # noqa: ANN202
@@ -298,13 +311,14 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             async def gen():  # noqa: ANN202
                 n = 0
                 async with gate:
-                    agen = be.stream(prompt, sampling)
+                    agen = be.stream(prompt, sampling, logprobs=False)
+                    piece = P.ChunkTemplate(rid, model_name, chat)
                     try:
                         if chat:
                             yield _sse(P.chat_chunk(rid, model_name, None, role=True))
                         async for st in agen:
                             n += 1
-                            yield _sse(P.chat_chunk(rid, model_name, st.text) if chat else P.completion_chunk(rid, model_name, st.text))
+                            yield piece.sse(st.text)
                         finish = "length" if n >= sampling.max_tokens else "stop"
                         fin = {"stopwise": {**sw, "tokens": n}, "usage": P.usage(0, n)}
                         yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
@@ -318,7 +332,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
             return StreamingResponse(gen(), media_type="text/event-stream")
         async with gate:
-            steps = [st async for st in be.stream(prompt, sampling)]
+            steps = [st async for st in be.stream(prompt, sampling, logprobs=False)]
         text = "".join(s.text for s in steps)
         finish = "length" if len(steps) >= sampling.max_tokens else "stop"
         metrics.inc("tokens_generated_total", len(steps))

@@ -127,3 +127,24 @@ def error_body(message: str, *, type_: str = "invalid_request_error", param: str
 
 def models_list(ids: list[str]) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "stopwise"} for i in ids]}
+
+
+class ChunkTemplate:
+    """Pre-serialized stream chunks for one response: only the token text is encoded per token.
+
+    ``sse(text)`` gives exactly ``"data: " + json.dumps(chat_chunk(...) or completion_chunk(...))``
+    for a content chunk (same keys and values), without building and dumping a dict per token.
+    """
+
+    def __init__(self, rid: str, model: str, chat: bool) -> None:
+        import json
+
+        proto = chat_chunk(rid, model, "\x00") if chat else completion_chunk(rid, model, "\x00")
+        head, tail = json.dumps(proto).split(json.dumps("\x00"))
+        self.head = "data: " + head
+        self.tail = tail + "\n\n"
+
+    def sse(self, text: str) -> str:
+        import json
+
+        return self.head + json.dumps(text) + self.tail
