@@ -620,8 +620,10 @@ class _EmbeddedChain(ChainHandle):
             self._done = True
             self.finish_reason = "cancelled"
             self.be._call(lambda: self.be.engine.cancel(self.cid))
-            for key in [k for k in self.be._probe_futs if k[0] == self.cid]:
-                _resolve(self.be._probe_futs.pop(key), BackendError(f"chain {self.cid} was cancelled before its probe ended"))
+            with self.be._futs_lock:
+                orphans = [self.be._probe_futs.pop(k) for k in list(self.be._probe_futs) if k[0] == self.cid]
+            for fut in orphans:
+                _resolve(fut, BackendError(f"chain {self.cid} was cancelled before its probe ended"))
 
     @property
     def text(self) -> str:
@@ -660,6 +662,7 @@ class EmbeddedBackend(Backend):
         self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._commands: list[Callable[[], None]] = []
         self._probe_futs: dict[tuple[int, int, str], asyncio.Future] = {}
+        self._futs_lock = threading.Lock()  # the worker thread resolves, the event loop registers and cancels
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="stopwise-llamacpp", daemon=True)
         self._thread.start()
@@ -699,7 +702,8 @@ class EmbeddedBackend(Backend):
                 continue
             for ev in events:
                 if ev.kind == "probe":
-                    fut = self._probe_futs.pop((ev.chain, ev.probe.position, ev.probe.cue), None)
+                    with self._futs_lock:
+                        fut = self._probe_futs.pop((ev.chain, ev.probe.position, ev.probe.cue), None)
                     if fut is not None:
                         fut.get_loop().call_soon_threadsafe(_resolve, fut, ev.probe)
                     continue
@@ -798,13 +802,15 @@ class EmbeddedBackend(Backend):
         from stopwise.backends.probes import forced_answer_done
 
         fut = asyncio.get_running_loop().create_future()
-        self._probe_futs[(cid, position, cue)] = fut
+        with self._futs_lock:
+            self._probe_futs[(cid, position, cue)] = fut
 
         def cmd() -> None:
             try:
                 self.engine.request_probe(cid, forcing_ids, max_new, cue=cue, stop=forced_answer_done, position=position)
             except Exception as exc:  # noqa: BLE001 - handed to the caller
-                self._probe_futs.pop((cid, position, cue), None)
+                with self._futs_lock:
+                    self._probe_futs.pop((cid, position, cue), None)
                 fut.get_loop().call_soon_threadsafe(_resolve, fut, exc)
 
         self._call(cmd)
