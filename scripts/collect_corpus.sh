@@ -1,0 +1,17 @@
+#!/bin/bash
+# Collect the bundled logprob corpora with the embedded 0.5B model (resumable: run it
+# again to continue where it stopped). The working state lives outside the repository,
+# in $STOPWISE_CORPUS (default ~/.cache/stopwise/corpus), so a fresh checkout does not
+# lose it; `stopwise collect --assemble-partial --out DIR` writes what is complete.
+#
+#   scripts/collect_corpus.sh gsm8k      # 600 GSM8K test questions x 4 chains, 16 on the first 64
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${STOPWISE_CORPUS:-$HOME/.cache/stopwise/corpus}"
+mkdir -p "$OUT"
+case "${1:-gsm8k}" in
+  gsm8k)
+    exec stopwise collect --dataset gsm8k --model embedded --questions 600 --chains 4 --chains-first 64:16 \
+      --max-tokens 384 --probe-every 32 --top-k 5 --seed 0 --batch 16 --out "$OUT/gsm8k_qwen05" ;;
+  *) echo "unknown corpus '$1' (known: gsm8k)" >&2; exit 2 ;;
+esac
