@@ -509,6 +509,7 @@ def assemble(
     command: str | None = None,
     complete_only: bool = True,
     name: str | None = None,
+    assembled_by: str | None = None,
 ) -> Path:
     """Write the trace set from the chunks collected so far.
 
@@ -562,7 +563,8 @@ def assemble(
         logprob_convention=f"as reported by the server (top-{cfg.top_k}); token_confidence over those top-{cfg.top_k}; no entropy" if http else LOGPROB_CONVENTION,
         license=f"questions: {ds.license}; outputs of {resolved.title} (Apache-2.0 upstream)",
         stopwise_version=__version__,
-        notes=f"{len(keep)} of {len(items)} questions complete" + ("" if len(keep) == len(items) else " (partial collection)"),
+        notes=f"{len(keep)} of {len(items)} questions complete" + ("" if len(keep) == len(items) else " (partial collection)")
+        + (f"; assembled by: {assembled_by}" if assembled_by else ""),
         collect=cfg.identity(),
     )
     ts = build_trace_set(name or out.name, questions, chains, prov)

@@ -313,6 +313,10 @@ class Backend(ABC):
         token prefix; others send the prefix text. Idempotent: safe to retry.
         """
 
+    def count_prompt_tokens(self, prompt: str) -> int | None:
+        """Tokens of ``prompt`` where the backend knows its tokenizer (None otherwise)."""
+        return None
+
     async def open_chain(self, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> ChainHandle:
         """Start one chain for the live driver (default: a stream plus prefix-continuation probes)."""
         return StreamChainHandle(self, prompt, sampling, schedule, forcing, probe_max_tokens)

@@ -678,6 +678,9 @@ class EmbeddedBackend(Backend):
             "backend": "llama.cpp (embedded, batched)",
         }
 
+    def count_prompt_tokens(self, prompt: str) -> int | None:
+        return len(self.engine.tokenize_prompt(prompt))
+
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         if not self._template:
             return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "

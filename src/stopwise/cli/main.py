@@ -96,7 +96,7 @@ def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, for
     from stopwise.errors import ConfigError
 
     if assemble_partial:
-        path = assemble(out, complete_only=True, command=_command_line())
+        path = assemble(out, complete_only=True, assembled_by=_command_line())
         console.print(f"wrote {path} (completed questions only)")
         return
     if kw.get("dataset") is None:

@@ -53,7 +53,7 @@ def summarize(ts: TraceSet) -> dict[str, Any]:
     support = {}
     for name in family_names():
         try:
-            fam = get_family(name)
+            fam = get_family(name).fit_to(ts)
             why = fam.supports(ts)
         except Exception as exc:  # a family that cannot even be built says why
             why = str(exc)

@@ -297,15 +297,16 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             metrics.inc("requests_rejected_total")
             return err(429, f"the server is serving {settings.max_concurrent} requests; retry shortly", type_="rate_limit_error", headers={"Retry-After": "1"})
         metrics.inc("requests_total", route="chat" if chat else "completions")
+        n_prompt = (be.count_prompt_tokens(prompt) if hasattr(be, "count_prompt_tokens") else None) or 0
         if lp is None:
-            return await passthrough(rid, prompt, sampling, chat, req.stream, t0)
+            return await passthrough(rid, prompt, sampling, chat, req.stream, t0, n_prompt)
         problems = scope_problems(lp, sampling)
         if problems and settings.uncertified == "refuse":
             metrics.inc("requests_uncertified_refused_total")
             return err(400, f"request is outside the certified conditions of policy '{lp.name}': {'; '.join(problems)}", param="stopwise")
-        return await with_policy(rid, prompt, sampling, chat, req.stream, lp, problems, t0)
+        return await with_policy(rid, prompt, sampling, chat, req.stream, lp, problems, t0, n_prompt)
 
-    async def passthrough(rid, prompt, sampling, chat, stream, t0):  # noqa: ANN001, ANN202
+    async def passthrough(rid, prompt, sampling, chat, stream, t0, n_prompt):  # noqa: ANN001, ANN202
         sw = {"policy": "off", "certified": False, "chains": 1}
         if stream:
             async def gen():  # noqa: ANN202
@@ -320,7 +321,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                             n += 1
                             yield piece.sse(st.text)
                         finish = "length" if n >= sampling.max_tokens else "stop"
-                        fin = {"stopwise": {**sw, "tokens": n}, "usage": P.usage(0, n)}
+                        fin = {"stopwise": {**sw, "tokens": n}, "usage": P.usage(n_prompt, n)}
                         yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
                         yield "data: [DONE]\n\n"
                     except StopwiseError as exc:
@@ -337,11 +338,11 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         finish = "length" if len(steps) >= sampling.max_tokens else "stop"
         metrics.inc("tokens_generated_total", len(steps))
         metrics.observe(time.monotonic() - t0)
-        use = P.usage(0, len(steps))
+        use = P.usage(n_prompt, len(steps))
         sw = {**sw, "tokens": len(steps)}
         return (P.chat_response if chat else P.completion_response)(rid, model_name, text, finish, use, sw)
 
-    async def with_policy(rid, prompt, sampling, chat, stream, lp, problems, t0):  # noqa: ANN001, ANN202
+    async def with_policy(rid, prompt, sampling, chat, stream, lp, problems, t0, n_prompt):  # noqa: ANN001, ANN202
         classes = AnswerClasses()
         base_seed = sampling.seed if sampling.seed is not None else int(time.time_ns() % (2**31))
 
@@ -367,11 +368,11 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         if live_tokens is not None:
             # one chain: the policy is committed to it from the start, so its tokens stream
             # as they are delivered; the forced answer (if it stopped early) comes at the end
-            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes), media_type="text/event-stream")
+            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes, n_prompt), media_type="text/event-stream")
         out, content, finish, forced_cost = await decide()
         sw = policy_object(lp, problems, out, forced_cost, classes)
         account(out, forced_cost, t0)
-        use = P.usage(0, out.generated)
+        use = P.usage(n_prompt, out.generated)
         if stream:
             async def gen():  # noqa: ANN202
                 fin = {"stopwise": sw, "usage": use}
@@ -387,7 +388,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             return StreamingResponse(gen(), media_type="text/event-stream")
         return (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw)
 
-    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes):  # noqa: ANN001, ANN202
+    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes, n_prompt):  # noqa: ANN001, ANN202
         task = asyncio.create_task(decide())
         sent = []
         try:
@@ -420,7 +421,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 yield _sse(P.chat_chunk(rid, model_name, rest) if chat else P.completion_chunk(rid, model_name, rest))
             sw = policy_object(lp, problems, out, forced_cost, classes)
             account(out, forced_cost, t0)
-            fin = {"stopwise": sw, "usage": P.usage(0, out.generated)}
+            fin = {"stopwise": sw, "usage": P.usage(n_prompt, out.generated)}
             yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
             yield "data: [DONE]\n\n"
         finally:
