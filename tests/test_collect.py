@@ -93,3 +93,30 @@ def test_collect_with_the_default_embedded_model(tmp_path, qwen05_path):
         sched = [p for p, c in zip(r["probe_position"], r["probe_cue"]) if c == "schedule"]
         assert sched == [8, 16]  # none at 24: the chain ends there (length), its final answer is the last word
     assert "Qwen2.5-Coder-0.5B" in ts.provenance.model
+
+
+def test_a_lost_collection_resumes_from_an_assembled_set(tmp_path, smollm2_path):
+    small = CollectConfig(dataset="gsm8k", model="smollm2", questions=2, chains=2, max_tokens=12, probe_every=4)
+    first = read_trace_set(collect(small, tmp_path / "a"))
+    # the working state of a bigger collection is gone; its earlier snapshot is not
+    big = small.model_copy(update={"questions": 3})
+    with pytest.raises(ConfigError, match="not collected with these settings"):
+        collect(big, tmp_path / "b", seed_from=tmp_path / "a")
+    # a snapshot assembled from the same settings seeds it
+    same = CollectConfig(dataset="gsm8k", model="smollm2", questions=3, chains=2, max_tokens=12, probe_every=4)
+    collect(same, tmp_path / "c", stop_after_chains=4)
+    from stopwise.collect import assemble
+
+    snap = assemble(tmp_path / "c", complete_only=True)
+    import shutil
+
+    shutil.copytree(snap, tmp_path / "snapshot")
+    shutil.rmtree(tmp_path / "c.collect")  # the state is lost
+    shutil.rmtree(tmp_path / "c")
+    ts = read_trace_set(collect(same, tmp_path / "c", seed_from=tmp_path / "snapshot"))
+    keys = sorted((r["question_id"], r["sample_id"]) for r in ts.chains.select(["question_id", "sample_id"]).to_pylist())
+    assert len(keys) == len(set(keys)) == 6
+    old = {(r["question_id"], r["sample_id"]): r["text"] for r in read_trace_set(tmp_path / "snapshot").chains.to_pylist()}
+    new = {(r["question_id"], r["sample_id"]): r["text"] for r in ts.chains.to_pylist()}
+    assert all(new[k] == v for k, v in old.items()) and len(old) >= 2
+    assert first.n_chains == 4

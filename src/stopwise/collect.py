@@ -150,6 +150,33 @@ def _write_chunk(chunks: Path, records: list[dict[str, Any]]) -> None:
         os.close(fd)
 
 
+def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConfig) -> int:
+    """Add the chains of an assembled trace set (same collection settings) as a chunk.
+
+    Chains already in the state are skipped. Returns how many were added.
+
+    Raises
+    ------
+    ConfigError
+        If the set was not collected with these settings.
+    """
+    from stopwise.traces.io import read_trace_set
+
+    ts = read_trace_set(trace_set)
+    theirs = (ts.provenance.model_extra or {}).get("collect")
+    if json.loads(json.dumps(theirs)) != json.loads(json.dumps(cfg.identity())):
+        raise ConfigError(
+            f"trace set {trace_set} was not collected with these settings (provenance.collect differs)",
+            hint="seed only from a set assembled from the same collection",
+        )
+    have = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
+    keep = [c for c in ts.chains.column_names if c not in ("answer_class", "probe_class")]
+    rows = [r for r in ts.chains.select(keep).to_pylist() if (r["question_id"], int(r["sample_id"])) not in have]
+    if rows:
+        _write_chunk(state / "chunks", rows)
+    return len(rows)
+
+
 def read_chunks(state: Path) -> list[dict[str, Any]]:
     """Every chain record written so far (deduplicated by question and sample)."""
     import pyarrow.parquet as pq
@@ -207,6 +234,7 @@ def collect(
     command: str | None = None,
     stop_after_chains: int | None = None,
     engine: Any = None,
+    seed_from: str | os.PathLike[str] | None = None,
 ) -> Path | None:
     """Collect (or resume) the trace set ``cfg`` describes into ``out``.
 
@@ -223,6 +251,10 @@ def collect(
         for collecting in slices. Returns None then, unless everything is done.
     engine : BatchEngine, optional
         An engine already loaded with ``cfg.model`` (reuse across calls).
+    seed_from : path, optional
+        A trace set assembled from an earlier collection with the same settings
+        (e.g. a bundled partial snapshot): its chains count as collected, so a
+        collection whose working state was lost resumes from it.
 
     Returns
     -------
@@ -236,6 +268,8 @@ def collect(
     command = command or " ".join(shlex.quote(a) for a in ["stopwise", *sys.argv[1:]])
     ds, items = _select(cfg)  # bad dataset names fail before anything is written
     state = _open_state(out, cfg, command)
+    if seed_from is not None:
+        seed_chunks(state, seed_from, cfg)
     done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
     # first every question's base chains, then the extra chains of the first M questions,
     # so a partial collection is a usable set early (see assemble(complete_only=True))
@@ -331,6 +365,7 @@ def collect(
                         for c in list(live):
                             engine.cancel(c)
                         live.clear()
+                        break
                 now = time.monotonic()
                 if buffer and (now - last_flush > 60 or len(buffer) >= cfg.flush_every or not (queue or live)):
                     _write_chunk(state / "chunks", buffer)

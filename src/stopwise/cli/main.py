@@ -88,7 +88,8 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--flush-every", default=32, show_default=True, type=click.IntRange(1), help="Write a durable chunk after this many finished chains (and at least every 60 s).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace-set directory (working state in OUT.collect).")
 @click.option("--assemble-partial", is_flag=True, help="Do not collect: write the questions completed so far as a trace set.")
-def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
+@click.option("--seed-from", default=None, type=click.Path(exists=True, path_type=Path), help="A set assembled from an earlier collection with the same settings: its chains count as done.")
+def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chains_first: str | None, forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
     """Collect a trace set (chains, logprobs, probes) from a model; resumable."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -130,7 +131,7 @@ def collect_cmd(out: Path, assemble_partial: bool, chains_first: str | None, for
                 last[0] = time.monotonic()
                 err_console.print(f"chains {d['chains_done']}/{d['chains_total']} · questions {d['questions_done']}/{d['questions_total']} · {d['tokens_per_s']:.1f} tok/s")
 
-        path = collect(cfg, out, progress=progress, command=_command_line())
+        path = collect(cfg, out, progress=progress, command=_command_line(), seed_from=seed_from)
     console.print(f"wrote {path}")
 
 
