@@ -17,8 +17,6 @@ Names accepted by :func:`load_dataset`:
 
 from __future__ import annotations
 
-import gzip
-import json
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stopwise.errors import ConfigError, MissingExtraError, TraceFormatError, UnknownNameError
+from stopwise.traces.importers.common import question_id_from_text, read_jsonl
 
 QUESTIONS_DIR = Path(__file__).parent / "data" / "questions"
 
@@ -53,33 +52,14 @@ class Dataset:
 
 
 def _qid(prefix: str, text: str) -> str:
-    from stopwise.traces.importers.common import question_id_from_text
-
     return question_id_from_text(prefix, text)
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TraceFormatError(f"invalid JSON: {exc.msg}", path=str(path), line=i) from exc
-            if not isinstance(obj, dict):
-                raise TraceFormatError("each line must be a JSON object", path=str(path), line=i)
-            rows.append((i, obj))
-    return rows
 
 
 def _gsm8k() -> Dataset:
     from stopwise.answers import gsm8k_reference
 
     items = []
-    for i, obj in _read_jsonl(QUESTIONS_DIR / "gsm8k.jsonl.gz"):
+    for i, obj in read_jsonl(QUESTIONS_DIR / "gsm8k.jsonl.gz"):
         q = obj["question"]
         items.append(DatasetItem(_qid("q", q), q, gsm8k_reference(obj["answer"]), {"index": i - 1}))
     return Dataset("gsm8k", items, license="MIT", source="openai/grade-school-math test.jsonl")
@@ -87,7 +67,7 @@ def _gsm8k() -> Dataset:
 
 def _math500() -> Dataset:
     items = []
-    for i, obj in _read_jsonl(QUESTIONS_DIR / "math500.jsonl.gz"):
+    for i, obj in read_jsonl(QUESTIONS_DIR / "math500.jsonl.gz"):
         q = obj["problem"]
         meta = {"index": i - 1, "subject": obj.get("subject"), "level": obj.get("level")}
         items.append(DatasetItem(_qid("q", q), q, str(obj["answer"]), meta))
@@ -96,7 +76,7 @@ def _math500() -> Dataset:
 
 def _aime24() -> Dataset:
     items = []
-    for i, obj in _read_jsonl(QUESTIONS_DIR / "aime24.jsonl.gz"):
+    for i, obj in read_jsonl(QUESTIONS_DIR / "aime24.jsonl.gz"):
         q = obj["problem"]
         items.append(DatasetItem(_qid("q", q), q, str(obj["answer"]), {"index": i - 1, "id": obj.get("id")}))
     return Dataset("aime24", items, license="MIT", source="QwenLM/Qwen2.5-Math evaluation/data/aime24")
@@ -144,7 +124,7 @@ def _jsonl(path: str) -> Dataset:
     if not p.is_file():
         raise ConfigError(f"dataset file '{path}' does not exist")
     items = []
-    for line, obj in _read_jsonl(p):
+    for line, obj in read_jsonl(p):
         q = next((obj[k] for k in ("question", "problem", "prompt") if k in obj), None)
         if not isinstance(q, str):
             raise TraceFormatError("needs a string 'question', 'problem' or 'prompt'", path=path, line=line, field="question")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import gzip
 import hashlib
 import json
 from collections.abc import Iterator
@@ -13,10 +14,13 @@ from stopwise.errors import TraceFormatError
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON names file and line."""
+    """Yield (line number, object) for each non-blank line; bad JSON names file and line.
+
+    A ``.gz`` file is read through gzip.
+    """
     path = Path(path)
     try:
-        fh = open(path, encoding="utf-8")
+        fh = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
     except OSError as exc:
         raise TraceFormatError(f"cannot open: {exc.strerror}", path=str(path)) from exc
     with fh:
