@@ -210,7 +210,33 @@ class ChainHandle(ABC):
         return "".join(s.text for s in steps)
 
 
-class StreamChainHandle(ChainHandle):
+class _StepTexts(Sequence[str]):
+    """The token texts of a list of steps, as a read-only view (no copy per look-up)."""
+
+    def __init__(self, steps: list[TokenStep]) -> None:
+        self.steps = steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        return self.steps[i].text
+
+
+class ScheduledChainHandle(ChainHandle):
+    """A chain that keeps its steps and takes probes where its :class:`ProbeSchedule` says
+    (``schedule``, ``steps`` and ``_done`` are set by the subclass)."""
+
+    schedule: Any
+    steps: list[TokenStep]
+    _done: bool
+
+    def probes_at(self, position: int) -> list[tuple[Any, str | None]]:
+        finished = self._done and position >= len(self.steps)
+        return [((position, cue), cue) for cue in self.schedule.at(_StepTexts(self.steps), position, finished)]
+
+
+class StreamChainHandle(ScheduledChainHandle):
     """A :class:`ChainHandle` over any backend: tokens from :meth:`Backend.stream`,
     probes through :meth:`Backend.continue_prefix` on the prefix text."""
 
@@ -236,10 +262,6 @@ class StreamChainHandle(ChainHandle):
             return None
         self.steps.append(st)
         return st
-
-    def probes_at(self, position: int) -> list[tuple[Any, str | None]]:
-        texts = [s.text for s in self.steps]
-        return [((position, cue), cue) for cue in self.schedule.at(texts, position, self._done and position >= len(texts))]
 
     async def probe(self, key: Any) -> ProbeOutcome:
         position, cue = key

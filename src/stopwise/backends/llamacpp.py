@@ -52,6 +52,7 @@ from stopwise.backends.base import (
     Capabilities,
     ChainHandle,
     ProbeOutcome,
+    ScheduledChainHandle,
     ProbeResult,
     Sampling,
     TokenStep,
@@ -583,7 +584,7 @@ def _resolve(fut: asyncio.Future, value: Any) -> None:
         fut.set_result(value)
 
 
-class _EmbeddedChain(ChainHandle):
+class _EmbeddedChain(ScheduledChainHandle):
     """A live chain on the embedded engine: tokens from its queue, probes on the engine."""
 
     def __init__(self, be: EmbeddedBackend, cid: int, q: asyncio.Queue, sampling: Sampling, schedule: Any, forcing_ids: list[int], max_new: int) -> None:
@@ -605,10 +606,6 @@ class _EmbeddedChain(ChainHandle):
             return None
         self.steps.append(ev.step)
         return ev.step
-
-    def probes_at(self, position: int) -> list[tuple[Any, str | None]]:
-        texts = [s.text for s in self.steps]
-        return [((position, cue), cue) for cue in self.schedule.at(texts, position, self._done and position >= len(texts))]
 
     async def probe(self, key: Any) -> ProbeOutcome:
         position, cue = key

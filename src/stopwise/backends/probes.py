@@ -10,6 +10,7 @@ matching closing brace.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_FORCING = "\n\nFinal answer: $\\boxed{"
@@ -58,7 +59,7 @@ class ProbeSchedule:
             s += " and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)"
         return s
 
-    def at(self, texts: list[str], position: int, finished: bool) -> list[str]:
+    def at(self, texts: Sequence[str], position: int, finished: bool) -> list[str]:
         """Cues at ``position`` (tokens generated) given the chain's token texts so far.
 
         ``texts`` must hold token ``position + 1`` when there is one (a word cue is
