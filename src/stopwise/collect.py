@@ -18,6 +18,8 @@ chain is the same whichever run, batch or order produced it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -334,7 +336,7 @@ def collect(
                     samplings = []
                     for s in sids:
                         seed = chain_seed(cfg.seed, it.question_id, s)
-                        samplings.append(Sampling(**{**sampling0.as_dict(), "seed": seed, "stop": ()}))
+                        samplings.append(dataclasses.replace(sampling0, seed=seed))
                     cids = engine.submit(prompt_ids(it), samplings)
                     for cid, s, smp in zip(cids, sids, samplings):
                         live[cid] = _Live(it, s, int(smp.seed), [], [], [], [], [], [], [], [], set())

@@ -18,6 +18,8 @@ provenance records).
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
@@ -316,9 +318,7 @@ class Backend(ABC):
         import asyncio
 
         async def one(i: int) -> ChainResult:
-            s = Sampling(**{**sampling.as_dict(), "stop": tuple(sampling.stop)})
-            if sampling.seed is not None:
-                s = Sampling(**{**s.as_dict(), "seed": sampling.seed + i, "stop": tuple(sampling.stop)})
+            s = sampling if sampling.seed is None else dataclasses.replace(sampling, seed=sampling.seed + i)
             steps = [st async for st in self.stream(prompt, s)]
             return ChainResult(steps, "length" if len(steps) >= s.max_tokens else "stop", seed=s.seed)
 

@@ -20,6 +20,8 @@ stream, which is how every one of these servers learns to stop generating.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import json
 import math
@@ -331,7 +333,7 @@ class OpenAICompatBackend(Backend):
         if rest > 0:
             async def one(i: int) -> ChainResult:
                 seed = None if sampling.seed is None else sampling.seed + len(results) + i
-                s = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens, seed, sampling.stop)
+                s = dataclasses.replace(sampling, seed=seed)
                 obj = await self._post_json("/completions", self._completion_body(prompt, s, stream=False), "POST /v1/completions", retry=seed is not None)
                 ch = (obj.get("choices") or [{}])[0]
                 return ChainResult(_steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or ""), ch.get("finish_reason") or "stop", seed=seed)

@@ -8,6 +8,8 @@ The response carries the standard ``usage`` and a ``stopwise`` object.
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import contextlib
 import hmac
@@ -347,7 +349,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         base_seed = sampling.seed if sampling.seed is not None else int(time.time_ns() % (2**31))
 
         async def open_chain(i: int):  # noqa: ANN202
-            s = Sampling(sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens, base_seed + i, sampling.stop)
+            s = dataclasses.replace(sampling, seed=base_seed + i)
             return await be.open_chain(prompt, s, schedule, settings.forcing, settings.probe_max_tokens)
 
         n_chains = settings.max_chains if lp.family.kind == "multi" else 1
