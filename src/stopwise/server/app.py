@@ -182,6 +182,15 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
     def err(status: int, message: str, *, param: str | None = None, type_: str = "invalid_request_error", headers: dict | None = None):
         return JSONResponse(P.error_body(message, type_=type_, param=param), status_code=status, headers=headers)
 
+    @app.exception_handler(ConfigError)
+    async def _config(_req: Request, exc: ConfigError):  # noqa: ANN202
+        return err(400, str(exc), param="stopwise" if "stopwise" in str(exc) else None)
+
+    @app.exception_handler(BackendError)
+    async def _upstream(_req: Request, exc: BackendError):  # noqa: ANN202
+        metrics.inc("upstream_errors_total")
+        return err(502, str(exc), type_="upstream_error")
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_req: Request, exc: RequestValidationError):  # noqa: ANN202
         first = exc.errors()[0] if exc.errors() else {}
@@ -506,24 +515,12 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: P.ChatCompletionRequest):  # noqa: ANN202
-        try:
-            prompt = be.render_chat([{"role": m.role, "content": m.content or ""} for m in req.messages])
-            return await serve(req, prompt, True)
-        except ConfigError as exc:
-            return err(400, str(exc), param="stopwise" if "stopwise" in str(exc) else None)
-        except BackendError as exc:
-            metrics.inc("upstream_errors_total")
-            return err(502, str(exc), type_="upstream_error")
+        prompt = be.render_chat([{"role": m.role, "content": m.content or ""} for m in req.messages])
+        return await serve(req, prompt, True)
 
     @app.post("/v1/completions")
     async def completions(req: P.CompletionRequest):  # noqa: ANN202
-        try:
-            return await serve(req, req.prompt, False)
-        except ConfigError as exc:
-            return err(400, str(exc), param="stopwise" if "stopwise" in str(exc) else None)
-        except BackendError as exc:
-            metrics.inc("upstream_errors_total")
-            return err(502, str(exc), type_="upstream_error")
+        return await serve(req, req.prompt, False)
 
     return app
 
