@@ -42,3 +42,19 @@ def fake_upstream(handler):
 
     threading.Thread(target=loop, daemon=True).start()
     return f"http://127.0.0.1:{srv.getsockname()[1]}", lambda: (stop.set(), srv.close())
+
+
+def wait_http_ok(url: str, timeout: float) -> bool:
+    """Poll ``url`` until it answers 200 or ``timeout`` seconds pass; True if it came up."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    return False

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from net_helpers import fake_upstream, free_port, read_request
+from net_helpers import fake_upstream, free_port, read_request, wait_http_ok
 
 from stopwise.backends.base import Sampling
 from stopwise.errors import BackendError
@@ -28,17 +28,9 @@ def upstream(smollm2_path, tmp_path_factory):
             [sys.executable, "-m", "llama_cpp.server", "--model", smollm2_path, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", "2"],
             stdout=f, stderr=subprocess.STDOUT,
         )
-    import httpx
 
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
+    if not wait_http_ok(url + "/v1/models", 120):
         proc.kill()
         pytest.fail("llama_cpp.server did not start: " + log.read_text()[-2000:])
     yield url, log

@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from net_helpers import fake_upstream, free_port, read_request
+from net_helpers import fake_upstream, free_port, read_request, wait_http_ok
 
 from stopwise.data import bundled_path
 
@@ -95,13 +95,7 @@ def test_upstream_killed_mid_stream_ends_the_client_stream_cleanly(tmp_path):
     )
     try:
         up = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(up + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        assert wait_http_ok(up + "/health", 60), "the upstream did not start"
         url, server, t = start(ServeSettings(backend=up, upstream_timeout_s=3))
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
         t0 = time.monotonic()
