@@ -31,3 +31,26 @@ def assert_same_result(fast, ref) -> None:  # noqa: ANN001
         if not np.array_equal(a, b):
             where = np.argwhere(a != b)[:5].tolist()
             pytest.fail(f"{fast.family}.{name} differs at {where}: sweep {[a[tuple(w)] for w in where]}, reference {[b[tuple(w)] for w in where]}")
+
+
+_LEARNED_MODEL = None
+
+
+def learned_model():  # noqa: ANN201
+    """A probe model fitted once on a synthetic set (every feature group), for families that need one."""
+    global _LEARNED_MODEL
+    if _LEARNED_MODEL is None:
+        from stopwise.policies.learned import train_probe_model
+        from stopwise.traces.synthetic import synthetic_trace_set
+
+        _LEARNED_MODEL = train_probe_model(synthetic_trace_set(60, 2, mean_tokens=200, seed=1))
+    return _LEARNED_MODEL
+
+
+def make_family(name: str, **settings):  # noqa: ANN003, ANN201
+    """``get_family`` for tests: ``learned_exit`` gets the fixed synthetic model unless one is given."""
+    from stopwise.policies.registry import get_family
+
+    if name == "learned_exit":
+        settings.setdefault("model", learned_model())
+    return get_family(name, **settings)

@@ -12,6 +12,8 @@ from stopwise.policies.registry import family_names, get_family
 from stopwise.replay.reference import _load_chains, run_unit
 from stopwise.traces.synthetic import synthetic_trace_set
 
+from replay_asserts import make_family
+
 
 @pytest.fixture(scope="module")
 def ts():
@@ -25,7 +27,7 @@ def live(family, k, rows):
 
 @pytest.mark.parametrize("name", family_names())
 def test_live_equals_replay(ts, name):
-    fam = get_family(name)
+    fam = make_family(name)
     if fam.supports(ts) is not None:
         pytest.skip(fam.supports(ts))
     grid = range(len(fam.grid))

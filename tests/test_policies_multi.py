@@ -27,7 +27,7 @@ from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
 from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 from stopwise.traces.synthetic import synthetic_trace_set
 
-from replay_asserts import assert_same_result
+from replay_asserts import assert_same_result, make_family
 
 def families(window: int = 24, warmup: int = 4) -> list:
     return [
@@ -154,7 +154,7 @@ def test_grids_settings_and_registry():
     assert DeepConfOnline().settings() == {"window": 2048, "warmup": 16}
     assert VoteMarginAbstain().grid[0] == 0.0
     for name in family_names("multi"):
-        fam = get_family(name)
+        fam = make_family(name)
         assert fam.name == name and fam.kind == "multi"
         assert len(fam.grid) >= 2
     assert get_family("deepconf_online", window=16, warmup=4).settings() == {"window": 16, "warmup": 4}

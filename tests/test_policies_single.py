@@ -18,7 +18,7 @@ from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
 from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 from stopwise.traces.synthetic import synthetic_trace_set
 
-from replay_asserts import assert_same_result as assert_same
+from replay_asserts import assert_same_result as assert_same, make_family
 
 SINGLE = family_names("single")
 
@@ -53,7 +53,7 @@ def chains_ts(chains: list[dict]) -> TraceSet:
 @pytest.mark.parametrize("name", SINGLE)
 def test_replay_matches_reference_synthetic(name: str, seed: int) -> None:
     ts = synthetic_trace_set(8, -3, mean_tokens=150, probe_every=16, seed=seed)
-    fam = get_family(name)
+    fam = make_family(name)
     assert_same(fam.replay(ts), run_reference(fam, ts))
 
 
@@ -61,7 +61,7 @@ def test_replay_matches_reference_synthetic(name: str, seed: int) -> None:
 def test_replay_matches_reference_long_chains(name: str) -> None:
     # long enough that the large token budgets and the deep grids all bite
     ts = synthetic_trace_set(2, 2, mean_tokens=1500, probe_every=64, seed=5)
-    fam = get_family(name)
+    fam = make_family(name)
     assert_same(fam.replay(ts), run_reference(fam, ts))
 
 
@@ -93,14 +93,14 @@ def _normalize(c: dict) -> dict:
 def test_replay_matches_reference_random(chains: list[dict], cues) -> None:  # noqa: ANN001
     ts = chains_ts([_normalize(c) for c in chains])
     for name in SINGLE:
-        fam = get_family(name, cues=cues)
+        fam = make_family(name, cues=cues)
         assert_same(fam.replay(ts), run_reference(fam, ts))
 
 
 def test_no_probe_columns_runs_to_the_end() -> None:
     ts = chains_ts([{"n_tokens": 7, "answer": 1, "probes": None}, {"n_tokens": 3, "answer": -1, "probes": None}])
     for name in SINGLE:
-        fam = get_family(name)
+        fam = make_family(name)
         res = fam.replay(ts)
         assert_same(res, run_reference(fam, ts))
         assert (res.tokens == np.array([[7], [3]])).all() and (res.probe_tokens == 0).all()
@@ -178,22 +178,23 @@ def test_full_is_each_chain_to_its_end() -> None:
 
 def test_grids_settings_and_make_bounds() -> None:
     for name in SINGLE:
-        fam = get_family(name)
+        fam = make_family(name)
         assert isinstance(fam, Family) and fam.kind == "single" and fam.name == name
         assert len(fam.grid) >= 5
-        assert fam.settings() == {"cues": None}
+        if name != "learned_exit":
+            assert fam.settings() == {"cues": None}
         with pytest.raises(ConfigError, match="out of range"):
             fam.make(len(fam.grid))
     assert get_family("token_budget", cues=["wait", "blank_line"]).settings() == {"cues": ["blank_line", "wait"]}
     for name in ("first_candidate", "answer_convergence"):
-        assert np.all(np.diff(get_family(name).grid) < 0)  # fewer probes needed = more aggressive
+        assert np.all(np.diff(make_family(name).grid) < 0)  # fewer probes needed = more aggressive
     assert np.all(np.diff(get_family("probe_confidence").grid) < 0)
 
 
 # --- registry ---------------------------------------------------------------------------------
 def test_registry_names_and_errors() -> None:
     assert set(family_names()) == set(FAMILIES) == set(FAMILY_KINDS)
-    assert family_names("single") == ["token_budget", "first_candidate", "answer_convergence", "probe_confidence"]
+    assert family_names("single") == ["token_budget", "first_candidate", "answer_convergence", "probe_confidence", "learned_exit"]
     assert set(family_names("multi")) == {
         "majority_vote",
         "adaptive_consistency",

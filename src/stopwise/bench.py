@@ -26,6 +26,7 @@ from stopwise.calibrate import calibrate_family, question_losses, question_mean,
 from stopwise.policies.base import unit_losses
 from stopwise.oracle import epsilon_oracle, stop_anywhere_result
 from stopwise.policies.base import MISSING
+from stopwise.errors import ConfigError
 from stopwise.policies.registry import family_names, get_family
 from stopwise.stats.pvalues import min_certifiable_epsilon
 from stopwise.stats.split import split_mask
@@ -97,6 +98,11 @@ def applicable_families(ts: TraceSet, families: Sequence[str] | None, risk: str)
             why = "an abstention family: bench it with --risk selective"
         if why is None and risk in ("accuracy", "selective") and not ts.has("correct"):
             why = f"needs labels (correct) for the {risk} risk"
+        if why is None:
+            try:
+                fam = fam.train(ts)
+            except ConfigError as exc:
+                why = f"cannot train on this set: {exc}"
         if why:
             skipped[name] = why
         else:
@@ -124,8 +130,14 @@ def validate_set(
     if n > ts.n_questions:
         return rows
     for fam in fams:
-        rows += validate_family(fam.replay(ts), ts.n_questions, risk=risk, epsilon=epsilon, delta=delta,
-                                n_calibration=n, draws=draws, seed=seed, trace_set=ts.name)
+        res = fam.replay(ts)
+        n_fam = n
+        trained = fam.training_mask(ts)
+        if trained is not None:  # the population is the questions the family did not learn from
+            res = subset_result(res, ~trained[res.unit_question])
+            n_fam = n_calibration or max(int((~trained).sum()) // 2, 1)
+        rows += validate_family(res, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta,
+                                n_calibration=n_fam, draws=draws, seed=seed, trace_set=ts.name)
     return rows
 
 
@@ -173,7 +185,10 @@ def bench_set(
         if progress:
             progress(f"{ts.name}: {fam.name}")
         res = fam.replay(ts)
-        cal = calibrate_family(res, calib, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k, chain_mode=chain_mode, seed=seed)
+        trained = fam.training_mask(ts)
+        fam_calib = calib if trained is None else calib & ~trained
+        n_cal_fam = int(fam_calib.sum())
+        cal = calibrate_family(res, fam_calib, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k, chain_mode=chain_mode, seed=seed)
         tres = subset_result(res, test[res.unit_question])
         losses = unit_losses(tres, risk)
         q_loss, _, _ = question_losses(tres, losses, ts.n_questions)
@@ -216,12 +231,13 @@ def bench_set(
         rows.append(
             BenchRow(
                 trace_set=ts.name, policy=fam.name, threshold=cal.threshold, certified=cal.certified,
-                guarantee=cal.certificate.guarantee, epsilon=epsilon, delta=delta, n_calibration=n_cal,
+                guarantee=cal.certificate.guarantee, epsilon=epsilon, delta=delta, n_calibration=n_cal_fam,
                 test_risk=test_risk, accuracy_full=acc_full, accuracy_policy=acc_pol,
                 tokens_saved=tokens_saved, chains_saved=chains_saved,
                 oracle_fraction=(tokens_saved / osaved) if osaved and osaved > 0 else None,
                 risk=risk, k_policies=k, n_test=n_test, p_value=cal.certificate.p_value,
-                empirical_risk=cal.certificate.empirical_risk, oracle_saved=osaved, min_epsilon=min_eps,
+                empirical_risk=cal.certificate.empirical_risk, oracle_saved=osaved,
+                min_epsilon=min_eps if trained is None else min_certifiable_epsilon(max(n_cal_fam, 1), delta / k, "binomial"),
                 settings=fam.settings(),
             )
         )

@@ -241,6 +241,19 @@ class Family(abc.ABC):
         """
         return self
 
+    def train(self, ts) -> Family:  # noqa: ANN001
+        """This family with whatever it learns from data fitted on the *training role* of ``ts``.
+
+        Only questions in the training role (:func:`stopwise.stats.split.training_mask`)
+        may be used, and :meth:`training_mask` must then return them so that they
+        are left out of calibration. Default: nothing to learn, unchanged.
+        """
+        return self
+
+    def training_mask(self, ts) -> np.ndarray | None:  # noqa: ANN001
+        """Boolean mask over the questions of ``ts`` that this family learned from (None: none)."""
+        return None
+
     def supports(self, ts) -> str | None:  # noqa: ANN001
         """None if ``ts`` has what this family needs, else a one-line reason."""
         missing = [c for c in self.requires if not ts.has(c)]

@@ -15,7 +15,7 @@ import importlib
 
 from stopwise.errors import ConfigError, UnknownNameError
 
-__all__ = ["FAMILIES", "FAMILY_KINDS", "family_class", "family_names", "get_family"]
+__all__ = ["FAMILIES", "FAMILY_KINDS", "family_class", "family_names", "get_family", "prepare_family"]
 
 FAMILIES: dict[str, str] = {
     # single chain (early exit)
@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "first_candidate": "stopwise.policies.single:FirstCandidate",
     "answer_convergence": "stopwise.policies.single:AnswerConvergence",
     "probe_confidence": "stopwise.policies.single:ProbeConfidence",
+    "learned_exit": "stopwise.policies.learned:LearnedExit",
     # many chains
     "majority_vote": "stopwise.policies.multi:MajorityVote",
     "adaptive_consistency": "stopwise.policies.multi:AdaptiveConsistency",
@@ -38,6 +39,7 @@ FAMILY_KINDS: dict[str, str] = {
     "first_candidate": "single",
     "answer_convergence": "single",
     "probe_confidence": "single",
+    "learned_exit": "single",
     "majority_vote": "multi",
     "adaptive_consistency": "multi",
     "esc": "multi",
@@ -83,3 +85,14 @@ def get_family(name: str, **settings) -> "Family":  # noqa: F821, ANN003
         return cls(**settings)
     except TypeError as exc:
         raise ConfigError(f"bad settings for policy family '{name}': {exc}", hint=f"settings given: {sorted(settings)}") from exc
+
+
+def prepare_family(name: str, ts, **settings) -> "Family":  # noqa: F821, ANN001, ANN003
+    """The family ``name`` ready to replay on trace set ``ts``: fitted to its shape, then trained.
+
+    Training (for families that learn, e.g. ``learned_exit`` without a model in
+    its settings) uses only the training role of ``ts``; the family's
+    ``training_mask(ts)`` names those questions so callers leave them out of
+    calibration.
+    """
+    return get_family(name, **settings).fit_to(ts).train(ts)

@@ -102,6 +102,7 @@ class ProbeArrays:
     cost: np.ndarray
     cumcost: np.ndarray
     total_cost: np.ndarray
+    cue: np.ndarray  # object: the probe's cue label, None where the set has none
 
     @property
     def counts(self) -> np.ndarray:
@@ -154,11 +155,12 @@ def _aligned(ts, name: str, pos_offsets: np.ndarray, fill, dtype) -> np.ndarray:
     return out
 
 
-def probe_arrays(ts, cues: Iterable[str] | None = None) -> ProbeArrays:  # noqa: ANN001
+def probe_arrays(ts, cues: Iterable[str] | None = None, every: int | None = None) -> ProbeArrays:  # noqa: ANN001
     """Flatten the probes of every chain of ``ts`` that a single-chain family may use.
 
     Keeps probes with ``1 <= position <= n_tokens`` and, when ``cues`` is given,
-    a ``probe_cue`` in ``cues``. Missing classes become -1, missing logprobs
+    a ``probe_cue`` in ``cues`` and, when ``every`` is given, a position that is a
+    multiple of ``every``. Missing classes become -1, missing logprobs
     NaN, missing costs 0.
     """
     n_chains = ts.n_chains
@@ -176,11 +178,13 @@ def probe_arrays(ts, cues: Iterable[str] | None = None) -> ProbeArrays:  # noqa:
     cost = _aligned(ts, "probe_cost", pos_off, 0, np.int64)
     chain = np.repeat(np.arange(n_chains, dtype=np.int64), np.diff(pos_off))
     keep = (pos >= 1) & (pos <= n_tok[chain])
+    cue = _aligned(ts, "probe_cue", pos_off, None, object)
     if cues is not None:
-        cue = _aligned(ts, "probe_cue", pos_off, None, object)
         allowed = set(cues)
         keep &= np.fromiter((c in allowed for c in cue), dtype=bool, count=len(cue))
-    chain, pos, klass, logprob, cost = chain[keep], pos[keep], klass[keep], logprob[keep], cost[keep]
+    if every is not None:
+        keep &= pos % int(every) == 0
+    chain, pos, klass, logprob, cost, cue = chain[keep], pos[keep], klass[keep], logprob[keep], cost[keep], cue[keep]
     counts = np.bincount(chain, minlength=n_chains).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     local = np.arange(len(chain), dtype=np.int64) - offsets[chain]
@@ -188,12 +192,15 @@ def probe_arrays(ts, cues: Iterable[str] | None = None) -> ProbeArrays:  # noqa:
     before = np.concatenate([[0], csum])[offsets[:-1]]  # cost of all earlier chains' probes
     cumcost = csum - before[chain]
     total = np.concatenate([[0], csum])[offsets[1:]] - before
-    return ProbeArrays(offsets, chain, local, pos, klass, logprob, cost, cumcost, total.astype(np.int64))
+    return ProbeArrays(offsets, chain, local, pos, klass, logprob, cost, cumcost, total.astype(np.int64), cue)
 
 
 # --- event policies ------------------------------------------------------------------
 class _ChainPolicy:
     """One chain: probe where the rule wants, stop (and decide) when the rule fires."""
+
+    #: probe only at positions that are multiples of this (set by the family; None: anywhere)
+    every: int | None = None
 
     def __init__(self, cues: tuple[str, ...] | None) -> None:
         self.cues = cues
@@ -209,10 +216,14 @@ class _ChainPolicy:
 
     def on_event(self, event: Event) -> list[Action]:
         if isinstance(event, Tokens):
+            if self.every is not None and event.position % self.every:
+                return []
             return [Probe(event.chain, self.cues)] if self.wants_probe(event.position) else []
         if isinstance(event, ProbeResult):
             if self.cues is not None and event.cue not in self.cues:
                 return []  # the driver filters already; a live driver may not
+            if self.every is not None and event.position % self.every:
+                return []
             if self.fires(event):
                 return [Stop(event.chain, event.answer), Final(event.answer)]
             return []
@@ -296,41 +307,55 @@ class SingleChainFamily(Family):
     #: whether a chain that never stops has consumed (and pays for) all its probes
     _pays_all_when_running: ClassVar[bool] = True
 
-    def __init__(self, cues: Iterable[str] | str | None = None) -> None:
+    def __init__(self, cues: Iterable[str] | str | None = None, every: int | None = None) -> None:
         if isinstance(cues, str):
             cues = (cues,)
         self.cues: tuple[str, ...] | None = None if cues is None else tuple(sorted(set(cues)))
         if self.cues is not None and not self.cues:
             raise ConfigError(f"policy family '{self.name}': 'cues' is empty", hint="pass None to use every probe")
+        if every is not None and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise ConfigError(f"policy family '{self.name}': 'every' must be a positive number of tokens, got {every!r}",
+                              hint="e.g. every=64 with cues=['schedule'] keeps every other probe of a 32-token schedule")
+        self.every: int | None = every
 
     @property
     def grid(self) -> np.ndarray:
         return np.asarray(self._grid)
 
     def settings(self) -> dict:
-        return {"cues": None if self.cues is None else list(self.cues)}
+        out: dict = {"cues": None if self.cues is None else list(self.cues)}
+        if self.every is not None:
+            out["every"] = self.every
+        return out
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(cues={self.cues!r})"
+        every = "" if self.every is None else f", every={self.every}"
+        return f"{type(self).__name__}(cues={self.cues!r}{every})"
 
     def make(self, index: int, n_chains: int = 1):  # noqa: ANN201 - returns a Policy
         grid = self.grid
         if not 0 <= index < len(grid):
             raise ConfigError(f"grid index {index} out of range 0..{len(grid) - 1} for family '{self.name}'")
-        return self._policy(grid[index].item())
+        policy = self._policy(grid[index].item())
+        policy.every = self.every
+        return policy
 
     def _policy(self, value):  # noqa: ANN001, ANN202
         raise NotImplementedError
 
-    def _stop(self, pa: ProbeArrays, value) -> np.ndarray:  # noqa: ANN001
+    def _stop(self, pa: ProbeArrays, value, prep=None) -> np.ndarray:  # noqa: ANN001
         raise NotImplementedError
+
+    def _prepare(self, ts, pa: ProbeArrays):  # noqa: ANN001, ANN202
+        """Per-set work shared by every grid point of the sweep (passed to :meth:`_stop` as ``prep``)."""
+        return None
 
     def _charge_at_stop(self, pa: ProbeArrays, s: np.ndarray) -> np.ndarray:
         """Probe cost paid by chains stopping at flat probe ``s``: every probe up to it, by default."""
         return pa.cumcost[s]
 
     def replay(self, ts) -> ReplayResult:  # noqa: ANN001
-        pa = probe_arrays(ts, self.cues)
+        pa = probe_arrays(ts, self.cues, self.every)
         final = np.asarray(ts.column("answer_class", fill=MISSING), dtype=np.int64)
         n_tok = np.asarray(ts.column("n_tokens", fill=0), dtype=np.int64)
         running_cost = pa.total_cost if self._pays_all_when_running else np.zeros_like(pa.total_cost)
@@ -339,8 +364,9 @@ class SingleChainFamily(Family):
         answer = np.empty((n, g), dtype=np.int32)
         tokens = np.empty((n, g), dtype=np.int64)
         probe_tokens = np.empty((n, g), dtype=np.int64)
+        prep = self._prepare(ts, pa)
         for k, value in enumerate(grid.tolist()):
-            s = self._stop(pa, value)
+            s = self._stop(pa, value, prep)
             stopped = s >= 0
             si = np.where(stopped, s, 0)
             if len(pa.klass):
@@ -371,7 +397,8 @@ class SingleChainFamily(Family):
             latency_full=l_full,
             chains_full=c_full,
             correct_class=ref[question] if n else np.zeros(0, np.int32),
-            notes=[f"probe cues: {'all' if self.cues is None else ', '.join(self.cues)}"],
+            notes=[f"probe cues: {'all' if self.cues is None else ', '.join(self.cues)}"
+                   + ("" if self.every is None else f"; every {self.every} tokens")],
         )
 
 
@@ -394,7 +421,7 @@ class TokenBudget(SingleChainFamily):
     def _policy(self, value):  # noqa: ANN001, ANN202
         return TokenBudgetPolicy(value, self.cues)
 
-    def _stop(self, pa: ProbeArrays, value) -> np.ndarray:  # noqa: ANN001
+    def _stop(self, pa: ProbeArrays, value, prep=None) -> np.ndarray:  # noqa: ANN001
         return pa.first(pa.position >= value)
 
     def _charge_at_stop(self, pa: ProbeArrays, s: np.ndarray) -> np.ndarray:
@@ -416,7 +443,7 @@ class FirstCandidate(SingleChainFamily):
     def _policy(self, value):  # noqa: ANN001, ANN202
         return FirstCandidatePolicy(value, self.cues)
 
-    def _stop(self, pa: ProbeArrays, value) -> np.ndarray:  # noqa: ANN001
+    def _stop(self, pa: ProbeArrays, value, prep=None) -> np.ndarray:  # noqa: ANN001
         first = pa.first(pa.klass != MISSING)
         target = first + int(value)
         ok = (first >= 0) & (target < pa.offsets[1:])
@@ -454,7 +481,7 @@ class AnswerConvergence(SingleChainFamily):
         run[pa.klass == MISSING] = 0
         return run
 
-    def _stop(self, pa: ProbeArrays, value) -> np.ndarray:  # noqa: ANN001
+    def _stop(self, pa: ProbeArrays, value, prep=None) -> np.ndarray:  # noqa: ANN001
         return pa.first(self.run_lengths(pa) >= int(value))
 
 
@@ -483,7 +510,7 @@ class ProbeConfidence(SingleChainFamily):
     def _policy(self, value):  # noqa: ANN001, ANN202
         return ProbeConfidencePolicy(value, self.cues)
 
-    def _stop(self, pa: ProbeArrays, value) -> np.ndarray:  # noqa: ANN001
+    def _stop(self, pa: ProbeArrays, value, prep=None) -> np.ndarray:  # noqa: ANN001
         with np.errstate(invalid="ignore"):
             hit = (pa.klass != MISSING) & (np.exp(pa.logprob) >= float(value))
         return pa.first(hit)
