@@ -85,6 +85,21 @@ class SetBench:
     oracle: dict[str, dict[str, Any]]
 
 
+def test_curves(res, test_questions: np.ndarray, n_questions: int, risk: str) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """A replayed family on the questions of ``test_questions`` (bool mask): per grid point, the
+    question-level risk, the share of full-compute cost saved (probe tokens included) and of chains saved."""
+    tres = subset_result(res, test_questions[res.unit_question])
+    q_loss, _, _ = question_losses(tres, unit_losses(tres, risk), n_questions)
+    cost_full = float(tres.cost_full.sum())
+    chains_full = float(tres.chains_full.sum())
+    g = len(res.grid)
+    return {
+        "risk": q_loss.mean(axis=0) if len(q_loss) else np.zeros(g),
+        "saved": 1.0 - tres.cost.sum(axis=0) / cost_full if cost_full > 0 else np.zeros(g),
+        "chains_saved": 1.0 - tres.chains.sum(axis=0) / chains_full if chains_full > 0 else np.zeros(g),
+    }
+
+
 def applicable_families(ts: TraceSet, families: Sequence[str] | None, risk: str) -> tuple[list[Any], dict[str, str]]:
     """The families (built with default settings) that can run on ``ts`` for ``risk``, and why the others cannot."""
     names = list(families) if families else family_names()

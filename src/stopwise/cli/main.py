@@ -202,9 +202,29 @@ _traces = click.option("--traces", "traces", multiple=True, type=click.Path(path
 @click.option("--chain-mode", default="mean", show_default=True, type=click.Choice(["mean", "draw"]), help="Single-chain families on multi-chain sets: a question's loss is the mean over its chains (Hoeffding-Bentkus) or one chain drawn per question (binomial).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write an HTML report with Pareto plots here.")
-def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out, report_dir) -> None:  # noqa: ANN001
+@click.option("--compare", type=click.Choice(["anchors"]), default=None,
+              help="anchors: the published rules over their own grids (best in hindsight, and certified) against stopwise's "
+                   "certified policies and the oracle, at epsilon 0.01/0.02/0.05/0.1 (see benchmarks/anchors.py).")
+def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out, report_dir, compare) -> None:  # noqa: ANN001
     """Calibrate every applicable policy family per set and report certified savings on held-out questions."""
     from rich.progress import Progress
+
+    if compare == "anchors":
+        from stopwise.anchors import compare_sets, summarize
+        from stopwise.cli.render import render_anchors
+
+        sets = _load_sets(traces)
+        pool = _load_sets([]) if traces else []  # the bundled sets can always donate to the transfer probe
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task("anchors", total=None)
+            results = compare_sets(sets, delta=delta, donor_pool=pool, progress=lambda msg: progress.update(task, description=msg))
+        rows = summarize(results)
+        render_anchors(console, rows, delta=delta)
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps([r for res in results for r in res["rows"]], indent=2) + "\n")
+            console.print(f"rows written to {json_out}")
+        return
 
     from stopwise.bench import bench_set
     from stopwise.cli.render import render_bench
@@ -230,26 +250,51 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
         console.print(f"report written to {path}")
 
 
+_settings_from = click.option(
+    "--settings-from", "settings_from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+    help="Take the family's settings from this policy file (e.g. a trained learned_exit model, to reuse it on another set).",
+)
+
+
+def _prepared_family(policy: str, ts, settings_from: Path | None):  # noqa: ANN001, ANN202
+    """The family ``policy`` fitted and trained for ``ts`` (settings from a policy file if given); refuses unsupported sets."""
+    from stopwise.errors import ConfigError, UnsupportedError
+    from stopwise.policies.registry import prepare_family
+
+    settings: dict = {}
+    if settings_from is not None:
+        try:
+            doc = json.loads(settings_from.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{settings_from}: not a readable policy file: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != "stopwise-policy":
+            raise ConfigError(f"{settings_from}: not a stopwise policy file (no \"format\": \"stopwise-policy\")")
+        if doc.get("family") != policy:
+            raise ConfigError(f"{settings_from}: written for family '{doc.get('family')}', not '{policy}'",
+                              hint=f"pass --policy {doc.get('family')}")
+        settings = dict(doc.get("settings") or {})
+    fam = prepare_family(policy, ts, **settings)
+    why = fam.supports(ts)
+    if why:
+        raise UnsupportedError(f"policy '{policy}' cannot run on '{ts.name}': {why}")
+    return fam
+
+
 @cli.command("replay")
 @click.option("--traces", required=True, type=click.Path(path_type=Path))
 @click.option("--policy", "policy", required=True, help="Policy family name.")
 @_risk
+@_settings_from
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def replay_cmd(traces, policy, risk, json_out) -> None:  # noqa: ANN001
+def replay_cmd(traces, policy, risk, settings_from, json_out) -> None:  # noqa: ANN001
     """Replay one family over a trace set: risk, tokens and chains at every grid point."""
     from stopwise.calibrate import question_losses
     from stopwise.policies.base import unit_losses
     from stopwise.cli.render import render_replay
-    from stopwise.policies.registry import get_family
     from stopwise.traces import read_trace_set
 
     ts = read_trace_set(traces)
-    fam = get_family(policy).fit_to(ts)
-    why = fam.supports(ts)
-    if why:
-        from stopwise.errors import UnsupportedError
-
-        raise UnsupportedError(f"policy '{policy}' cannot run on '{ts.name}': {why}")
+    fam = _prepared_family(policy, ts, settings_from)
     res = fam.replay(ts)
     q_loss, _, _ = question_losses(res, unit_losses(res, risk), ts.n_questions)
     rows = []
@@ -276,30 +321,35 @@ def replay_cmd(traces, policy, risk, json_out) -> None:  # noqa: ANN001
 @click.option("--chain-mode", default="mean", show_default=True, type=click.Choice(["mean", "draw"]))
 @click.option("--k-policies", default=1, show_default=True, type=click.IntRange(1), help="How many policies you will choose among on this data (certifies at delta/K).")
 @click.option("--all-questions", is_flag=True, help="Calibrate on every question instead of the hashed calibration half.")
+@_settings_from
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Policy file (JSON) to write.")
-def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_mode, k_policies, all_questions, out) -> None:  # noqa: ANN001
-    """Certify the most aggressive setting of a family and write a policy file."""
+def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_mode, k_policies, all_questions, settings_from, out) -> None:  # noqa: ANN001
+    """Certify the most aggressive setting of a family and write a policy file.
+
+    A family that learns (learned_exit) is first fitted on the set's training role,
+    unless --settings-from gives it a fitted model; the questions it learned from
+    are left out of calibration.
+    """
     import numpy as np
 
     from stopwise.calibrate import calibrate_family, policy_file
-    from stopwise.errors import UnsupportedError
-    from stopwise.policies.registry import get_family
     from stopwise.stats.pvalues import min_certifiable_epsilon
     from stopwise.stats.split import split_mask
     from stopwise.traces import read_trace_set
 
     ts = read_trace_set(traces)
-    fam = get_family(policy).fit_to(ts)
-    why = fam.supports(ts)
-    if why:
-        raise UnsupportedError(f"policy '{policy}' cannot run on '{ts.name}': {why}")
+    fam = _prepared_family(policy, ts, settings_from)
     qids = ts.questions.column("question_id").to_pylist()
     mask = np.ones(len(qids), bool) if all_questions else split_mask(qids)
+    trained = fam.training_mask(ts)
+    if trained is not None:
+        mask &= ~trained
     res = fam.replay(ts)
     cal = calibrate_family(res, mask, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k_policies,
                            chain_mode=chain_mode, seed=seed, guarantee=guarantee)
     doc = policy_file(fam, cal, ts, risk=risk, chain_mode=chain_mode)
-    doc["calibration_questions"] = "all" if all_questions else "hashed calibration half (stopwise.stats.split)"
+    doc["calibration_questions"] = ("all" if all_questions else "hashed calibration half (stopwise.stats.split)") + (
+        f", less the {int(trained.sum())} questions the family learned from" if trained is not None and trained.any() else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     c = cal.certificate

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -94,3 +95,37 @@ def render_validate(console: Console, rows: list[dict[str, Any]]) -> None:
         t.add_row(r["trace_set"], r["policy"], str(r["n_calibration"]), str(r["draws"]), _f(r["violation_frequency"], True),
                   f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%", _f(r["consistent"]))
     console.print(t)
+
+
+def render_anchors(console: Console, rows: list[dict[str, Any]], *, delta: float) -> None:
+    """One table per trace set: methods down, epsilon across; cells are test-half savings (and risk)."""
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_set.setdefault(r["trace_set"], []).append(r)
+    for name, rs in by_set.items():
+        eps = sorted({r["epsilon"] for r in rs})
+        seeds = max(r.get("seeds", 1) for r in rs)
+        t = Table(title=f"{name}: tokens saved on the test half at risk <= epsilon (disagreement, delta {delta}"
+                        + (f", mean of {seeds} chain orders" if seeds > 1 else "") + ")", title_justify="left")
+        t.add_column("method")
+        t.add_column("kind")
+        for e in eps:
+            t.add_column(f"eps {e:g}", justify="right")
+        methods = list(dict.fromkeys(r["method"] for r in rs))
+        cell = {(r["method"], r["epsilon"]): r for r in rs}
+        for m in methods:
+            first = next(r for r in rs if r["method"] == m)
+            vals = []
+            for e in eps:
+                r = cell.get((m, e))
+                if r is None:
+                    vals.append("")
+                elif r["tokens_saved"] is None:
+                    vals.append("[dim]too small[/]")
+                else:
+                    mark = "" if r["kind"] != "stopwise" or r["certified"] else " [yellow]uncert.[/]"
+                    sd = f"±{100 * r['tokens_saved_sd']:.1f}" if r.get("tokens_saved_sd") else ""
+                    vals.append(f"{100 * r['tokens_saved']:.1f}%{sd} [dim]({r['test_risk']:.3f})[/]{mark}")
+            style = "bold" if first.get("headline") else ("dim" if first["kind"] == "oracle" else None)
+            t.add_row(escape(m), first["kind"], *vals, style=style)
+        console.print(t)

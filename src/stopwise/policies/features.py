@@ -128,7 +128,7 @@ class ChainFeatures:
     """
 
     __slots__ = ("groups", "_lp", "_conf", "_ent", "_answers", "_cues", "_probs", "_n",
-                 "_first_pos", "_first_answer", "_first_index", "_answered", "_run_start", "_changes", "_seen",
+                 "_first_pos", "_first_answer", "_last_answered", "_run", "_first_index", "_answered", "_run_start", "_changes", "_seen",
                  "_last_probe_pos")
 
     def __init__(
@@ -147,6 +147,8 @@ class ChainFeatures:
         self._probs: list[float] = []
         self._first_pos = -1
         self._first_answer = MISSING
+        self._last_answered = MISSING
+        self._run = 0
         self._first_index = -1
         self._answered = 0
         self._run_start = -1
@@ -168,8 +170,9 @@ class ChainFeatures:
         a = int(answer)
         prev = self._answers
         # --- probe group ----------------------------------------------------------
-        last_answered = next((x for x in reversed(prev) if x != MISSING), MISSING)
+        last_answered = self._last_answered
         if a != MISSING:
+            self._last_answered = a
             if self._first_pos < 0:
                 self._first_pos = p
                 self._first_answer = a
@@ -180,13 +183,8 @@ class ChainFeatures:
             if not prev or prev[-1] != a:
                 self._run_start = p
             self._seen.add(a)
-        run = 0
-        if a != MISSING:
-            run = 1
-            for x in reversed(prev):
-                if x != a:
-                    break
-                run += 1
+        run = (self._run + 1 if (prev and prev[-1] == a) else 1) if a != MISSING else 0
+        self._run = run
         agree = sum(1 for x in prev[-4:] if x == a) / 4.0 if a != MISSING else 0.0
         is_transition = cue in TRANSITION_CUES
         self._cues.append(is_transition)

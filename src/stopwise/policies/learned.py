@@ -51,7 +51,7 @@ from stopwise.stats.split import TRAIN_FRACTION, training_mask
 __all__ = ["LearnedExit", "LearnedExitPolicy", "ProbeModel", "train_probe_model"]
 
 #: inverse ridge penalties tried by the grouped cross-validation
-C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 MODEL_FORMAT = "stopwise-probe-model-v1"
 
 
