@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stopwise.policies.registry import family_names, get_family
+from stopwise.bench import brief_settings
+from stopwise.policies.registry import family_names, prepare_family
 from stopwise.replay.reference import run_reference
 from stopwise.traces.model import Provenance, TraceSet
 from stopwise.traces.synthetic import synthetic_trace_set
@@ -128,6 +129,8 @@ def grid_100(name: str) -> np.ndarray:
         return np.arange(n + 1, 1, -1, dtype=np.int64)  # agreements 101..2
     if name in ("probe_confidence", "adaptive_consistency"):
         return np.linspace(0.999, 0.5, n)
+    if name == "learned_exit":
+        return np.linspace(0.9999, 0.0, n)  # probe-score thresholds
     if name in ("majority_vote", "first_finish"):
         return np.arange(n, 0, -1, dtype=np.int64)  # n chains 100..1
     if name == "esc":
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(np.random.SeedSequence([args.seed, 0xBE11C4]))
     rows: list[dict] = []
     for name in names:
-        fam = get_family(name)
+        fam = prepare_family(name, ts)  # learned_exit is fitted on the training role here, outside the timing
         row: dict = {"family": name, "kind": fam.kind}
         reason = fam.supports(ts)
         if reason is not None:
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update({
             "grid_points": g,
             "grid": np.asarray(fam.grid).tolist(),
-            "settings": fam.settings(),
+            "settings": brief_settings(fam.settings()),
             "vectorized_seconds": secs,
             "vectorized_token_events_per_s": rate,
             "grid100_extrapolated_seconds_at_10M_tokens": secs * (GRID_POINTS / g) * (TEN_M / total),

@@ -74,7 +74,8 @@ def test_bench_certifies_on_qwq_and_never_exceeds_full_tokens(tmp_path):
     assert rows["first_candidate"]["certified"]
     assert rows["first_candidate"]["tokens_saved"] > 0.1
     for r in rows.values():
-        assert r["tokens_saved"] <= 1.0 and r["n_calibration"] > 250
+        # learned_exit calibrates on the calibration half less its training role
+        assert r["tokens_saved"] <= 1.0 and r["n_calibration"] > (150 if r["policy"] == "learned_exit" else 250)
 
 
 def test_calibrate_writes_policy_file_and_replay(tmp_path):

@@ -7,7 +7,7 @@ certified family; the naive calibrator must visibly violate somewhere.
 import pytest
 
 from stopwise.bench import validate_controls, validate_set
-from stopwise.data import bundled_paths
+from stopwise.data import bundled_path, bundled_paths
 from stopwise.traces import read_trace_set
 
 pytestmark = pytest.mark.validity
@@ -36,3 +36,28 @@ def test_controls():
     assert rows["synthetic-control:ltt"]["consistent"]
     assert not rows["synthetic-control:naive"]["consistent"]
     assert rows["synthetic-control:naive"]["ci_low"] > 0.1
+
+
+@pytest.mark.parametrize("name", ["qwq_gsm8k", "r1_gsm8k"])
+def test_learned_exit_guarantee_holds_where_the_naive_calibrator_fails(name):
+    """The learned exit probe, in-domain (population: the questions it did not learn from), at an epsilon
+    some of its thresholds exceed: LTT is consistent with delta over 500 draws; the naive control is not."""
+    ts = read_trace_set(bundled_path(name))
+    rows = {r["policy"]: r for r in validate_set(ts, families=["learned_exit"], epsilon=0.02, draws=500, seed=4)}
+    assert rows["learned_exit"]["consistent"], rows["learned_exit"]
+    assert rows["learned_exit"]["draws"] >= 200
+    assert not rows["naive-control:learned_exit"]["consistent"], rows["naive-control:learned_exit"]
+
+
+def test_transferred_learned_exit_guarantee_holds():
+    """A probe trained on MATH traces, re-certified on a GSM8K set whose every question is in the population."""
+    from stopwise.calibrate import validate_family
+    from stopwise.policies.learned import LearnedExit, train_probe_model
+
+    donors = [read_trace_set(bundled_path(n)) for n in ("qwq_math52", "r1_math52", "dsq_math52", "limo_math52", "s1_math52")]
+    ts = read_trace_set(bundled_path("r1_gsm8k"))
+    fam = LearnedExit(model=train_probe_model(donors, fraction=1.0))
+    assert not fam.training_mask(ts).any()
+    rows = {r["policy"]: r for r in validate_family(fam.replay(ts), ts.n_questions, epsilon=0.02, draws=500, seed=5, trace_set=ts.name)}
+    assert rows["learned_exit"]["consistent"] and rows["learned_exit"]["n_calibration"] == ts.n_questions // 2
+    assert not rows["naive-control:learned_exit"]["consistent"]

@@ -85,6 +85,18 @@ class SetBench:
     oracle: dict[str, dict[str, Any]]
 
 
+def brief_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A family's settings for a table row: a fitted model is summarized (its weights live in policy files)."""
+    model = settings.get("model")
+    if not isinstance(model, dict):
+        return settings
+    trained = model.get("trained_on") or {}
+    return {**settings, "model": {
+        "trained_on": [t.get("name") for t in trained.get("trace_sets", [])], "questions": trained.get("questions"),
+        "features": len(model.get("features", [])), "C": model.get("C"),
+    }}
+
+
 def test_curves(res, test_questions: np.ndarray, n_questions: int, risk: str) -> dict[str, np.ndarray]:  # noqa: ANN001
     """A replayed family on the questions of ``test_questions`` (bool mask): per grid point, the
     question-level risk, the share of full-compute cost saved (probe tokens included) and of chains saved."""
@@ -253,7 +265,7 @@ def bench_set(
                 risk=risk, k_policies=k, n_test=n_test, p_value=cal.certificate.p_value,
                 empirical_risk=cal.certificate.empirical_risk, oracle_saved=osaved,
                 min_epsilon=min_eps if trained is None else min_certifiable_epsilon(max(n_cal_fam, 1), delta / k, "binomial"),
-                settings=fam.settings(),
+                settings=brief_settings(fam.settings()),
             )
         )
     return SetBench(ts.name, ts.n_questions, n_cal, n_test, min_eps, min_eps > epsilon, rows, curves, skipped, oracles)
