@@ -198,6 +198,7 @@ def test_registry_names_and_errors() -> None:
     assert set(family_names("multi")) == {
         "majority_vote",
         "adaptive_consistency",
+        "eprocess_vote",
         "esc",
         "first_finish",
         "deepconf_online",

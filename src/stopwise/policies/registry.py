@@ -27,6 +27,7 @@ FAMILIES: dict[str, str] = {
     # many chains
     "majority_vote": "stopwise.policies.multi:MajorityVote",
     "adaptive_consistency": "stopwise.policies.multi:AdaptiveConsistency",
+    "eprocess_vote": "stopwise.policies.eprocess:EProcessVote",
     "esc": "stopwise.policies.multi:ESC",
     "first_finish": "stopwise.policies.multi:FirstFinish",
     "deepconf_online": "stopwise.policies.multi:DeepConfOnline",
@@ -42,6 +43,7 @@ FAMILY_KINDS: dict[str, str] = {
     "learned_exit": "single",
     "majority_vote": "multi",
     "adaptive_consistency": "multi",
+    "eprocess_vote": "multi",
     "esc": "multi",
     "first_finish": "multi",
     "deepconf_online": "multi",
