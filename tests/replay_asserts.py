@@ -51,6 +51,6 @@ def make_family(name: str, **settings):  # noqa: ANN003, ANN201
     """``get_family`` for tests: ``learned_exit`` gets the fixed synthetic model unless one is given."""
     from stopwise.policies.registry import get_family
 
-    if name == "learned_exit":
+    if name in ("learned_exit", "combined"):
         settings.setdefault("model", learned_model())
     return get_family(name, **settings)

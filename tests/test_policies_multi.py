@@ -27,6 +27,8 @@ from stopwise.traces.model import Provenance, TraceSet, trace_set_from_columns
 from stopwise.traces.schema import CHAIN_COLUMNS, QUESTION_SCHEMA
 from stopwise.traces.synthetic import synthetic_trace_set
 
+from stopwise.policies.eprocess import EProcessVote
+
 from replay_asserts import assert_same_result, make_family
 
 def families(window: int = 24, warmup: int = 4) -> list:
@@ -37,6 +39,8 @@ def families(window: int = 24, warmup: int = 4) -> list:
         FirstFinish(),
         DeepConfOnline(window=window, warmup=warmup),
         VoteMarginAbstain(),
+        EProcessVote(),
+        make_family("combined"),
     ]
 
 

@@ -199,6 +199,7 @@ def test_registry_names_and_errors() -> None:
         "majority_vote",
         "adaptive_consistency",
         "eprocess_vote",
+        "combined",
         "esc",
         "first_finish",
         "deepconf_online",
