@@ -181,7 +181,7 @@ def test_grids_settings_and_make_bounds() -> None:
         fam = make_family(name)
         assert isinstance(fam, Family) and fam.kind == "single" and fam.name == name
         assert len(fam.grid) >= 5
-        if name != "learned_exit":
+        if name not in ("learned_exit", "entropy_monitor"):
             assert fam.settings() == {"cues": None}
         with pytest.raises(ConfigError, match="out of range"):
             fam.make(len(fam.grid))
@@ -194,7 +194,7 @@ def test_grids_settings_and_make_bounds() -> None:
 # --- registry ---------------------------------------------------------------------------------
 def test_registry_names_and_errors() -> None:
     assert set(family_names()) == set(FAMILIES) == set(FAMILY_KINDS)
-    assert family_names("single") == ["token_budget", "first_candidate", "answer_convergence", "probe_confidence", "learned_exit"]
+    assert family_names("single") == ["token_budget", "first_candidate", "answer_convergence", "probe_confidence", "learned_exit", "entropy_monitor"]
     assert set(family_names("multi")) == {
         "majority_vote",
         "adaptive_consistency",

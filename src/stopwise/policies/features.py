@@ -26,7 +26,8 @@ Feature groups
 ``token`` (sets with per-token chosen logprobs and DeepConf token confidence)
     token confidence mean over the last 32 and 128 tokens, its minimum over
     the last 32, its slope (last 32 minus the 32 before), the chosen-token
-    logprob mean over the last 32.
+    logprob mean over the last 32, and DeepConf's trace-level "lowest group
+    confidence": the lowest mean over every 32-token window so far.
 ``entropy`` (sets with the full-vocabulary entropy per token)
     entropy mean over the last 32 and 128 tokens and maximum over the last 32;
     the rate of high-entropy tokens (> 2 nats, the "forking" tokens of path
@@ -65,7 +66,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
         "agrees_with_first_answer",
     ),
     "probe_logprob": ("probe_prob", "probe_prob_mean3", "probe_prob_min3"),
-    "token": ("conf_mean32", "conf_mean128", "conf_min32", "conf_slope", "logprob_mean32"),
+    "token": ("conf_mean32", "conf_mean128", "conf_min32", "conf_slope", "logprob_mean32", "conf_lowest_group32"),
     "entropy": ("entropy_mean32", "entropy_mean128", "entropy_max32", "high_entropy_rate_since_probe", "high_entropy_rate128"),
 }  # fmt: skip
 
@@ -111,6 +112,17 @@ def _mean(x: np.ndarray) -> float:
 def _min(x: np.ndarray) -> float:
     x = _finite(x)
     return float(np.min(x)) if len(x) else 0.0
+
+
+def lowest_window_mean(x: np.ndarray, window: int) -> float:
+    """Lowest mean of ``window`` consecutive non-NaN values (the mean of all while fewer); 0 if none."""
+    x = _finite(np.asarray(x, dtype=np.float64))
+    if len(x) == 0:
+        return 0.0
+    if len(x) <= window:
+        return float(np.mean(x))
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    return float(np.min(c[window:] - c[:-window]) / window)
 
 
 def _max(x: np.ndarray) -> float:
@@ -227,6 +239,7 @@ class ChainFeatures:
                 _min(c32),
                 m32 - _mean(cprev) if len(_finite(cprev)) else 0.0,
                 _mean(lp32),
+                lowest_window_mean(np.asarray(conf[:p], dtype=np.float64), 32),
             ]
         if "entropy" in self.groups:
             ent = self._ent

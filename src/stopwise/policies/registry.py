@@ -24,6 +24,7 @@ FAMILIES: dict[str, str] = {
     "answer_convergence": "stopwise.policies.single:AnswerConvergence",
     "probe_confidence": "stopwise.policies.single:ProbeConfidence",
     "learned_exit": "stopwise.policies.learned:LearnedExit",
+    "entropy_monitor": "stopwise.policies.monitors:EntropyMonitor",
     # many chains
     "majority_vote": "stopwise.policies.multi:MajorityVote",
     "adaptive_consistency": "stopwise.policies.multi:AdaptiveConsistency",
@@ -42,6 +43,7 @@ FAMILY_KINDS: dict[str, str] = {
     "answer_convergence": "single",
     "probe_confidence": "single",
     "learned_exit": "single",
+    "entropy_monitor": "single",
     "majority_vote": "multi",
     "adaptive_consistency": "multi",
     "eprocess_vote": "multi",
