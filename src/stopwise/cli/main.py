@@ -363,6 +363,73 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
         console.print(f"[yellow]not certified[/]: even the safest setting of {policy} fails the test; the policy file falls back to full compute; wrote {out}")
 
 
+@cli.command("sets")
+@_traces
+@click.option("--alpha", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Miscoverage: sets contain the right answer (or 'none of these') with probability >= 1 - alpha.")
+@click.option("--score", default="lac", show_default=True, type=click.Choice(["lac", "aps"]))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def sets_cmd(traces, alpha, score, json_out) -> None:  # noqa: ANN001
+    """Conformal answer sets over each question's chain answers: calibrate on the hashed half, report the other."""
+    from rich.table import Table
+
+    from stopwise.conformal import answer_sets
+    from stopwise.errors import ConfigError
+
+    rows = []
+    t = Table(title=f"conformal answer sets ({score}, alpha {alpha}): test half", title_justify="left")
+    for col in ("trace set", "n cal", "n test", "coverage", "mean size", "singletons", "with 'none'", "truth not a candidate"):
+        t.add_column(col, justify="left" if col == "trace set" else "right")
+    for ts in _load_sets(traces):
+        try:
+            r = answer_sets(ts, alpha=alpha, score=score)
+        except ConfigError as exc:
+            err_console.print(f"{ts.name}: skipped ({exc})")
+            continue
+        rows.append(r)
+        t.add_row(ts.name, str(r["n_calibration"]), str(r["n_test"]), f"{r['test_coverage']:.3f}", f"{r['mean_size']:.2f}",
+                  f"{100 * r['singleton_share']:.0f}%", f"{100 * r['none_share']:.0f}%", f"{100 * r['truth_not_a_candidate']:.0f}%")
+    console.print(t)
+    console.print("guarantee: marginal coverage >= 1 - alpha over exchangeable questions; 'none of these' is an element of every candidate list")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+@cli.command("select")
+@_traces
+@click.option("--q", "q", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Target false discovery rate among released answers.")
+@click.option("--score", default="auto", show_default=True, type=click.Choice(["auto", "vote_share", "probe_agreement"]),
+              help="Confidence of a majority answer: its vote share, or its probes' agreement (auto: vote share with several chains).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows, with the released question ids.")
+def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
+    """Conformal selection: which majority answers to release so that FDR <= q (BH on conformal p-values)."""
+    from rich.table import Table
+
+    from stopwise.conformal import select_answers
+    from stopwise.errors import ConfigError
+
+    rows = []
+    t = Table(title=f"conformal selection at FDR q = {q}: test half", title_justify="left")
+    for col in ("trace set", "n cal", "n test", "released", "released share", "realized FDP", "accuracy of all"):
+        t.add_column(col, justify="left" if col == "trace set" else "right")
+    for ts in _load_sets(traces):
+        try:
+            r = select_answers(ts, q=q, score=score)
+        except ConfigError as exc:
+            err_console.print(f"{ts.name}: skipped ({exc})")
+            continue
+        rows.append(r)
+        t.add_row(ts.name, str(r["n_calibration"]), str(r["n_test"]), str(r["released"]), f"{100 * r['released_share']:.1f}%",
+                  f"{r['test_fdp']:.3f}", f"{100 * r['accuracy_all']:.1f}%")
+    console.print(t)
+    console.print("guarantee: FDR <= q in expectation over calibration and test draws (marginal, not per batch)")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
 @cli.command("validate")
 @_traces
 @click.option("--policy", "policies", multiple=True, help="Only these families.")
