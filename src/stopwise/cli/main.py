@@ -430,6 +430,31 @@ def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
         json_out.write_text(json.dumps(rows, indent=2) + "\n")
 
 
+@cli.command("route")
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Weak/strong responses in RouteLLM's CSV layout (e.g. ../shared/data/routing/routellm_gsm8k_responses.csv).")
+@_eps
+@_delta
+@click.option("--weak-cost", default=0.1, show_default=True, type=click.FloatRange(0.0), help="Weak model's price per question relative to the strong model's.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def route_cmd(data_path, epsilon, delta, weak_cost, json_out) -> None:  # noqa: ANN001
+    """Certify a weak-to-strong cascade on accuracy lost against always-strong; report it on held-out questions."""
+    from stopwise.routing import cascade, load_routellm
+
+    r = cascade(load_routellm(data_path), epsilon=epsilon, delta=delta, weak_cost=weak_cost)
+    status = "[green]certified[/]" if r["certified"] else "[yellow]not certified (always escalate)[/]"
+    console.print(f"{r['data']}: {r['weak']} -> {r['strong']}; router fitted on {r['n_train']} questions "
+                  f"(AUROC {r['router_auroc']:.3f} on the test half), threshold calibrated on {r['n_calibration']}")
+    console.print(f"{status} keep the weak answer when P(weak right) >= {r['threshold']:g}: {r['guarantee']}")
+    console.print(f"test half ({r['n_test']} questions): accuracy {100 * r['accuracy_cascade']:.1f}% vs always-strong "
+                  f"{100 * r['accuracy_strong']:.1f}% (loss {100 * r['accuracy_loss']:.1f} points), escalated "
+                  f"{100 * r['escalated']:.1f}%, cost {r['cost']:.3f} of always-strong (oracle router: escalates "
+                  f"{100 * r['oracle_escalated']:.1f}%, cost {r['oracle_cost']:.3f})")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(r, indent=2) + "\n")
+
+
 @cli.command("validate")
 @_traces
 @click.option("--policy", "policies", multiple=True, help="Only these families.")
