@@ -363,6 +363,39 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
         console.print(f"[yellow]not certified[/]: even the safest setting of {policy} fails the test; the policy file falls back to full compute; wrote {out}")
 
 
+@cli.command("abstain")
+@_traces
+@_eps
+@_delta
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows with the risk-coverage curves.")
+def abstain_cmd(traces, epsilon, delta, json_out) -> None:  # noqa: ANN001
+    """Selective answering: AUROC of each confidence score, and the certified 'answer only above t' rule."""
+    from rich.table import Table
+
+    from stopwise.errors import ConfigError
+    from stopwise.selective import selective_report
+
+    rows = []
+    t = Table(title=f"selective answering: error among answered <= {epsilon} at delta {delta} (test half)", title_justify="left")
+    for col in ("trace set", "score", "AUROC", "certified", "threshold", "coverage", "selective risk", "error if all answered"):
+        t.add_column(col, justify="left" if col in ("trace set", "score") else "right")
+    for ts in _load_sets(traces):
+        try:
+            rs = selective_report(ts, epsilon=epsilon, delta=delta)
+        except ConfigError as exc:
+            err_console.print(f"{ts.name}: skipped ({exc})")
+            continue
+        rows += rs
+        for r in rs:
+            t.add_row(ts.name, r["score"], "-" if r["auroc"] is None else f"{r['auroc']:.3f}", "yes" if r["certified"] else "no",
+                      "-" if r["threshold"] is None else f"{r['threshold']:.3g}", f"{100 * r['coverage']:.1f}%",
+                      f"{100 * r['selective_risk']:.1f}%", f"{100 * r['error_all']:.1f}%")
+    console.print(t)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
 @cli.command("sets")
 @_traces
 @click.option("--alpha", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),

@@ -1,0 +1,60 @@
+"""Selective answering: scores, AUROC, the certified threshold, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from stopwise.data import bundled_path
+from stopwise.errors import ConfigError
+from stopwise.selective import question_scores, selective_report
+from stopwise.traces import read_trace_set
+from stopwise.traces.synthetic import synthetic_trace_set
+
+
+def test_scores_available_by_set_shape():
+    multi, wrong = question_scores(read_trace_set(bundled_path("qwen25math_math100")))
+    assert {"vote_share", "vote_margin", "probe_agreement"} <= set(multi)
+    assert all(((v >= 0) & (v <= 1)).all() for v in multi.values()) and wrong.dtype == bool
+    single, _ = question_scores(read_trace_set(bundled_path("r1_gsm8k")))
+    assert set(single) == {"probe_agreement"}, "one chain per question: no vote scores, no probe logprobs"
+    logprob, _ = question_scores(read_trace_set(bundled_path("gsm8k_qwen05")))
+    assert "probe_confidence" in logprob
+
+
+def test_auroc_and_certified_rule_on_r1():
+    rows = {r["score"]: r for r in selective_report(read_trace_set(bundled_path("r1_gsm8k")), epsilon=0.05)}
+    r = rows["probe_agreement"]
+    assert 0.6 < r["auroc"] < 1.0
+    assert r["certified"] and 0.5 < r["coverage"] < 1.0 and r["selective_risk"] < r["error_all"]
+    cov, risk = np.asarray(r["curve"]["coverage"]), np.asarray(r["curve"]["risk"])
+    assert (np.diff(cov) <= 1e-12).all(), "a higher threshold answers fewer questions"
+    assert len(cov) == len(risk)
+
+
+def test_vote_margin_auroc_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    ts = synthetic_trace_set(80, 5, seed=2)
+    scores, wrong = question_scores(ts)
+    rows = {r["score"]: r for r in selective_report(ts)}
+    from stopwise.stats.split import split_mask
+
+    test = ~split_mask(ts.questions.column("question_id").to_pylist())
+    assert rows["vote_margin"]["auroc"] == pytest.approx(roc_auc_score(~wrong[test], scores["vote_margin"][test]))
+
+
+def test_unlabeled_refused_and_cli(tmp_path):
+    ts = synthetic_trace_set(10, 2, seed=0)
+    ts.chains = ts.chains.drop_columns(["correct"])
+    with pytest.raises(ConfigError, match="no labels"):
+        selective_report(ts)
+    out = tmp_path / "abstain.json"
+    r = subprocess.run([sys.executable, "-m", "stopwise.cli.main", "abstain", "--traces", bundled_path("r1_gsm8k"), "--json", out],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "AUROC" in r.stdout and json.loads(out.read_text())[0]["score"] == "probe_agreement"
