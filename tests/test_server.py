@@ -204,3 +204,77 @@ def test_single_chain_policy_streams_tokens_as_they_come_then_the_forced_answer(
     assert sw == {**whole.model_extra["stopwise"]} and sw["family"] == "answer_convergence" and sw["chains"] == 1
     if sw["stopped_early"]:
         assert "Final answer: $\\boxed{" in whole.choices[0].message.content
+
+
+def _abstaining(src, dst):
+    """The SmolLM2 policy file turned into vote_margin_abstain at its largest margin (a test fixture: it abstains
+    unless the chains agree), so that escalation is exercised."""
+    doc = json.loads(src.read_text())
+    doc.update(family="vote_margin_abstain", kind="multi", settings={}, index=8, threshold=0.8, risk="selective")
+    dst.write_text(json.dumps(doc))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def escalating_server(smollm2_path, policy_files, tmp_path_factory):
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    pol = _abstaining(policy_files[1], tmp_path_factory.mktemp("esc") / "abstain.json")
+    be = EmbeddedBackend(smollm2_path, n_ctx_seq=1024, n_seq_max=12)
+    settings = ServeSettings(backend="smollm2", policies=[str(pol)], max_chains=4, default_max_tokens=32, max_concurrent=4,
+                             escalate_to=str(smollm2_path), model_name="small")
+    run = Running(create_app(settings, backend=be), free_port())
+    yield run
+    run.stop()
+
+
+def test_escalate_to_answers_with_the_second_backend(escalating_server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=escalating_server.url + "/v1", api_key="none", max_retries=0, timeout=180)
+    msgs = [{"role": "user", "content": "Name a prime number larger than 100 and explain why it is prime."}]
+    r = client.chat.completions.create(model="small", messages=msgs, temperature=0.7, top_p=0.95, seed=3)
+    sw = r.model_extra["stopwise"]
+    if not sw["escalated"]:  # the four chains agreed: nothing to escalate on this draw
+        pytest.skip("the chains agreed, so the policy answered itself")
+    assert sw["answered_by"] != "small" and "SmolLM2" in sw["answered_by"] and sw["escalation_tokens"] > 0 and not sw["abstained"]
+    text = r.choices[0].message.content
+    assert text and "not confident" not in text and r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens >= sw["escalation_tokens"]
+    stream = client.chat.completions.create(model="small", messages=msgs, temperature=0.7, top_p=0.95, seed=3, stream=True)
+    chunks = list(stream)
+    final = chunks[-1].model_extra["stopwise"]
+    assert final["escalated"] and final["answered_by"] == sw["answered_by"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    import httpx
+
+    metrics = httpx.get(escalating_server.url + "/metrics").text
+    assert "escalations_total" in metrics
+
+
+def test_dead_escalation_backend_is_a_502_not_a_hang(smollm2_path, policy_files, tmp_path):
+    import httpx
+
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    pol = _abstaining(policy_files[1], tmp_path / "abstain.json")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    be = EmbeddedBackend(smollm2_path, n_ctx_seq=1024, n_seq_max=12)
+    settings = ServeSettings(backend="smollm2", policies=[str(pol)], max_chains=4, default_max_tokens=24, escalate_to=dead)
+    run = Running(create_app(settings, backend=be), free_port())
+    try:
+        t0 = time.monotonic()
+        for seed in range(4):
+            r = httpx.post(run.url + "/v1/chat/completions", timeout=120, json={
+                "model": "m", "messages": [{"role": "user", "content": "Is 91 prime? Answer briefly."}],
+                "temperature": 0.7, "top_p": 0.95, "seed": seed})
+            if r.status_code != 200:
+                break
+        assert r.status_code == 502, r.text
+        assert r.json()["error"]["type"] and time.monotonic() - t0 < 120
+    finally:
+        run.stop()

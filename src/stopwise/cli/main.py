@@ -142,6 +142,7 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chain
 @click.option("--port", default=None, type=click.IntRange(0, 65535), help="Port (default 8000).")
 @click.option("--api-key", default=None, help="Bearer key clients must send.")
 @click.option("--uncertified", default=None, type=click.Choice(["refuse", "mark"]), help="A request outside a policy's certified conditions: refuse it (400) or serve it marked uncertified.")
+@click.option("--escalate-to", default=None, help="A second backend (URL | embedded-1.5b | GGUF path) that answers, at full compute, the questions the policy abstains on or escalates: a cascade.")
 @click.option("--max-chains", default=None, type=click.IntRange(1, 64))
 @click.option("--max-concurrent", default=None, type=click.IntRange(1))
 @click.option("--config", "config_file", default=None, type=click.Path(exists=True, path_type=Path), help="Settings as JSON (flags and STOPWISE_* variables override it).")

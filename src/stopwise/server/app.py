@@ -157,6 +157,8 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         lp = load_policy(path)
         policies.setdefault(lp.name, []).append(lp)
     be = backend or make_backend(settings.backend, settings)
+    esc = make_backend(settings.escalate_to, settings) if settings.escalate_to else None
+    esc_name = (esc.model_info().get("model") if esc is not None and hasattr(esc, "model_info") else None) or settings.escalate_to
     if not policies:
         log.warning("no --policy given: requests are passed through unchanged (no early stopping, nothing certified)")
     metrics = Metrics()
@@ -171,6 +173,8 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
     async def lifespan(_app):  # noqa: ANN001, ANN202
         yield
         await be.aclose()
+        if esc is not None:
+            await esc.aclose()
 
     app = FastAPI(title="stopwise", version="0.1", lifespan=lifespan)
     app.state.backend = be
@@ -379,11 +383,15 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         if live_tokens is not None:
             # one chain: the policy is committed to it from the start, so its tokens stream
             # as they are delivered; the forced answer (if it stopped early) comes at the end
-            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes, n_prompt), media_type="text/event-stream")
+            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes, n_prompt, prompt, sampling),
+                                     media_type="text/event-stream")
         out, content, finish, forced_cost = await decide()
-        sw = policy_object(lp, problems, out, forced_cost, classes)
-        account(out, forced_cost, t0)
-        use = P.usage(n_prompt, out.generated)
+        esc_tokens = 0
+        if esc is not None and (out.abstained or out.escalated):
+            content, finish, esc_tokens = await escalate(prompt, sampling)
+        sw = policy_object(lp, problems, out, forced_cost, classes, esc_tokens)
+        account(out, forced_cost, t0, esc_tokens)
+        use = P.usage(n_prompt, out.generated + esc_tokens)
         if stream:
             async def gen():  # noqa: ANN202
                 fin = {"stopwise": sw, "usage": use}
@@ -399,7 +407,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             return StreamingResponse(gen(), media_type="text/event-stream")
         return (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw)
 
-    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes, n_prompt):  # noqa: ANN001, ANN202
+    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes, n_prompt, prompt, sampling):  # noqa: ANN001, ANN202
         task = asyncio.create_task(decide())
         sent = []
         try:
@@ -426,13 +434,20 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 return
             streamed = "".join(sent)
             rest = content[len(streamed):] if content.startswith(streamed) else ""
+            esc_tokens = 0
+            if esc is not None and (out.abstained or out.escalated):
+                try:
+                    content, finish, esc_tokens = await escalate(prompt, sampling)
+                except StopwiseError as exc:
+                    yield _sse(P.error_body(str(exc), type_="upstream_error"))
+                    return
             if out.abstained or out.escalated:
-                rest = "\n\n" + content  # the tokens already streamed stay; the message says why it ends
+                rest = "\n\n" + content  # the tokens already streamed stay; then the message, or the larger model's answer
             if rest:
                 yield _sse(P.chat_chunk(rid, model_name, rest) if chat else P.completion_chunk(rid, model_name, rest))
-            sw = policy_object(lp, problems, out, forced_cost, classes)
-            account(out, forced_cost, t0)
-            fin = {"stopwise": sw, "usage": P.usage(n_prompt, out.generated)}
+            sw = policy_object(lp, problems, out, forced_cost, classes, esc_tokens)
+            account(out, forced_cost, t0, esc_tokens)
+            fin = {"stopwise": sw, "usage": P.usage(n_prompt, out.generated + esc_tokens)}
             yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
             yield "data: [DONE]\n\n"
         finally:
@@ -442,16 +457,29 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 with contextlib.suppress(BaseException):
                     await task
 
-    def account(out, forced_cost, t0):  # noqa: ANN001, ANN202
+    async def escalate(prompt: str, sampling: Sampling) -> tuple[str, str, int]:
+        """The escalation backend's full-compute answer to the same prompt: (text, finish reason, tokens)."""
+        async with gate:
+            steps = [st async for st in esc.stream(prompt, sampling, logprobs=False)]
+        finish = "length" if len(steps) >= sampling.max_tokens else "stop"
+        return "".join(st.text for st in steps), finish, len(steps)
+
+    def account(out, forced_cost, t0, esc_tokens: int = 0):  # noqa: ANN001, ANN202
+        if esc_tokens:
+            metrics.inc("escalations_total")
+            metrics.inc("escalation_tokens_total", esc_tokens)
         metrics.inc("tokens_generated_total", out.generated)
         metrics.inc("probe_tokens_total", out.probe_tokens + forced_cost)
         metrics.inc("chains_stopped_early_total", len(out.stopped_early))
-        if out.abstained:
+        if out.abstained and not esc_tokens:
             metrics.inc("abstentions_total")
         metrics.observe(time.monotonic() - t0)
 
-    def policy_object(lp, problems, out, forced_cost, classes):  # noqa: ANN001, ANN202
+    def policy_object(lp, problems, out, forced_cost, classes, esc_tokens: int = 0):  # noqa: ANN001, ANN202
+        escalated = bool(esc_tokens) or (esc is not None and (out.abstained or out.escalated))
         return {
+            "answered_by": esc_name if escalated else model_name,
+            "escalation_tokens": esc_tokens,
             **lp.summary(),
             "certified": not problems,
             "uncertified_reasons": problems or None,
@@ -460,8 +488,8 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             "generated_tokens": out.generated,
             "probe_tokens": out.probe_tokens + forced_cost,
             "stopped_early": len(out.stopped_early),
-            "abstained": out.abstained,
-            "escalated": out.escalated,
+            "abstained": out.abstained and not escalated,
+            "escalated": out.escalated or escalated,
             "answer": classes.text(out.answer) if out.answer >= 0 else None,
         }
 

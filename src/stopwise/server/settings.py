@@ -27,6 +27,7 @@ class ServeSettings(BaseSettings):
     max_concurrent: int = Field(8, ge=1, description="requests served at once; more get 429")
     uncertified: Literal["refuse", "mark"] = Field("refuse", description="a request outside a policy's certified conditions")
     abstain_message: str = "I am not confident enough to answer this question."
+    escalate_to: str | None = Field(None, description="a second backend (URL | embedded-1.5b | GGUF path | trace:DIR): a question the policy abstains on or escalates is answered by it at full compute (a cascade)")
     probe_every: int = Field(32, ge=0)
     cue_probes: bool = True
     forcing: str = DEFAULT_FORCING
