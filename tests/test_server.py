@@ -106,6 +106,8 @@ def test_calibrated_policy_answers_with_the_stopwise_object(client):
     assert sw["epsilon"] == pytest.approx(0.1) and sw["certificate"]["n"] > 0
     assert r.usage.completion_tokens == sw["generated_tokens"] >= sw["tokens"]
     assert r.choices[0].message.content
+    # majority_vote draws min(max_chains=4, the calibration set's 8 chains): nothing undrawn, nothing stopped
+    assert sw["full_compute_tokens_estimate"] == sw["generated_tokens"]
     s = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "What is 2+3?"}], max_tokens=32, temperature=0.7, top_p=0.95, seed=1, stream=True, extra_body=MV))
     assert s[-1].model_extra["stopwise"]["chains"] == 4
 
@@ -204,6 +206,10 @@ def test_single_chain_policy_streams_tokens_as_they_come_then_the_forced_answer(
     assert sw == {**whole.model_extra["stopwise"]} and sw["family"] == "answer_convergence" and sw["chains"] == 1
     if sw["stopped_early"]:
         assert "Final answer: $\\boxed{" in whole.choices[0].message.content
+        # a chain stopped at p would have run E[L | L > p] on the calibration traffic
+        assert sw["full_compute_tokens_estimate"] > sw["generated_tokens"]
+    else:
+        assert sw["full_compute_tokens_estimate"] == sw["generated_tokens"]
 
 
 def _abstaining(src, dst):

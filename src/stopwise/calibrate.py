@@ -216,6 +216,13 @@ def policy_file(family: Any, calibration: Calibration, ts: Any, *, risk: str, ch
         "chain_mode": chain_mode,
         "certificate": calibration.certificate.to_dict(),
         "trace_set": {"name": ts.name, "content_hash": ts.content_hash, "questions": ts.n_questions, "chains": ts.n_chains},
+        # what full compute costs on the calibration traffic, so that a server can estimate the tokens a
+        # stopped chain (or a chain never drawn) would have cost: 21 quantiles of chain length
+        "full_compute": {
+            "chain_length_quantiles": [float(v) for v in np.quantile(np.asarray(ts.column("n_tokens", fill=0), dtype=float),
+                                                                       np.linspace(0, 1, 21))] if ts.n_chains else [],
+            "chains_per_question": int(np.median(ts.chain_counts)) if ts.n_questions else 0,
+        },
         "conditions": {
             "model": prov.model,
             "model_sha256": prov.model_sha256,

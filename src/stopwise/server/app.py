@@ -8,18 +8,19 @@ The response carries the standard ``usage`` and a ``stopwise`` object.
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
 import contextlib
+import dataclasses
 import hmac
-import random
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from stopwise.backends.base import Backend, Sampling
 from stopwise.backends.probes import ProbeSchedule, forced_answer
@@ -475,9 +476,31 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             metrics.inc("abstentions_total")
         metrics.observe(time.monotonic() - t0)
 
+    def full_estimate(lp, out, n_chains: int) -> int | None:  # noqa: ANN001
+        """Tokens full compute would have generated for this request, estimated from the policy file's
+        calibration traffic: a chain stopped at p would have run E[L | L > p]; an undrawn chain E[L]."""
+        q = ((lp.doc.get("full_compute") or {}).get("chain_length_quantiles")) or []
+        if not q:
+            return None
+        lengths = np.asarray(q, dtype=float)
+        total = float(out.generated)
+        for c in out.stopped_early:
+            p = out.positions[c] if c < len(out.positions) else 0
+            longer = lengths[lengths > p]
+            total += (float(longer.mean()) - p) if len(longer) else 0.0
+        per_q = (lp.doc.get("full_compute") or {}).get("chains_per_question") or 1
+        full_chains = min(n_chains, int(per_q)) if lp.family.kind == "multi" else 1
+        total += max(0, full_chains - out.chains) * float(lengths.mean())
+        return int(round(total))
+
     def policy_object(lp, problems, out, forced_cost, classes, esc_tokens: int = 0):  # noqa: ANN001, ANN202
         escalated = bool(esc_tokens) or (esc is not None and (out.abstained or out.escalated))
+        n_chains = settings.max_chains if lp.family.kind == "multi" else 1
+        est = full_estimate(lp, out, n_chains)
+        if est is not None:
+            metrics.inc("tokens_saved_estimate_total", max(0, est - out.generated - out.probe_tokens - forced_cost))
         return {
+            "full_compute_tokens_estimate": est,
             "answered_by": esc_name if escalated else model_name,
             "escalation_tokens": esc_tokens,
             **lp.summary(),
