@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.bench import test_curves
+from stopwise.bench import held_out_curves
 from stopwise.calibrate import calibrate_family, subset_result
 from stopwise.errors import ConfigError
 from stopwise.oracle import epsilon_oracle, stop_anywhere_result
@@ -260,7 +260,7 @@ def compare_set(
     k = 1
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, Any]] = {}
-    tested = {m.method: test_curves(m.result, test, ts.n_questions, "disagreement") for m in methods}
+    tested = {m.method: held_out_curves(m.result, test, ts.n_questions, "disagreement") for m in methods}
     for m in methods:
         c = tested[m.method]
         curves[m.method] = {"kind": m.kind, "published": m.published, "risk": c["risk"].tolist(), "saved": c["saved"].tolist()}

@@ -97,7 +97,7 @@ def brief_settings(settings: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
-def test_curves(res, test_questions: np.ndarray, n_questions: int, risk: str) -> dict[str, np.ndarray]:  # noqa: ANN001
+def held_out_curves(res, test_questions: np.ndarray, n_questions: int, risk: str) -> dict[str, np.ndarray]:  # noqa: ANN001
     """A replayed family on the questions of ``test_questions`` (bool mask): per grid point, the
     question-level risk, the share of full-compute cost saved (probe tokens included) and of chains saved."""
     tres = subset_result(res, test_questions[res.unit_question])
