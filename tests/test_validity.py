@@ -61,3 +61,11 @@ def test_transferred_learned_exit_guarantee_holds():
     rows = {r["policy"]: r for r in validate_family(fam.replay(ts), ts.n_questions, epsilon=0.02, draws=500, seed=5, trace_set=ts.name)}
     assert rows["learned_exit"]["consistent"] and rows["learned_exit"]["n_calibration"] == ts.n_questions // 2
     assert not rows["naive-control:learned_exit"]["consistent"]
+
+
+def test_combined_policy_guarantee_holds_where_the_naive_calibrator_fails():
+    """Early exit plus adaptive sampling, certified jointly along its path, on the collected logprob corpus."""
+    ts = read_trace_set(bundled_path("gsm8k_qwen05"))
+    rows = {r["policy"]: r for r in validate_set(ts, families=["combined"], epsilon=0.05, draws=500, seed=6)}
+    assert rows["combined"]["consistent"] and rows["combined"]["draws"] >= 200, rows["combined"]
+    assert not rows["naive-control:combined"]["consistent"], rows["naive-control:combined"]
