@@ -19,7 +19,8 @@ Feature groups
     tokens since the first answer and since the current answer appeared; the
     probe's cue (a transition word such as wait/hmm/but/alternatively, or a
     blank line); the share of transition cues among the last 8 probes; the
-    number of probes so far.
+    number of probes so far, of probes with an answer, and of probes since the
+    first answer; whether the answer is still the first one given.
 ``probe_logprob`` (sets whose probes carry the forced answer's logprob)
     the forced answer's probability, and its mean and minimum over the last
     3 probes.
