@@ -391,7 +391,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         if esc is not None and (out.abstained or out.escalated):
             content, finish, esc_tokens = await escalate(prompt, sampling)
         sw = policy_object(lp, problems, out, forced_cost, classes, esc_tokens)
-        account(out, forced_cost, t0, esc_tokens)
+        account(out, forced_cost, t0, esc_tokens, sw["full_compute_tokens_estimate"])
         use = P.usage(n_prompt, out.generated + esc_tokens)
         if stream:
             async def gen():  # noqa: ANN202
@@ -447,7 +447,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             if rest:
                 yield _sse(P.chat_chunk(rid, model_name, rest) if chat else P.completion_chunk(rid, model_name, rest))
             sw = policy_object(lp, problems, out, forced_cost, classes, esc_tokens)
-            account(out, forced_cost, t0, esc_tokens)
+            account(out, forced_cost, t0, esc_tokens, sw["full_compute_tokens_estimate"])
             fin = {"stopwise": sw, "usage": P.usage(n_prompt, out.generated + esc_tokens)}
             yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
             yield "data: [DONE]\n\n"
@@ -465,7 +465,9 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         finish = "length" if len(steps) >= sampling.max_tokens else "stop"
         return "".join(st.text for st in steps), finish, len(steps)
 
-    def account(out, forced_cost, t0, esc_tokens: int = 0):  # noqa: ANN001, ANN202
+    def account(out, forced_cost, t0, esc_tokens: int = 0, full_tokens: int | None = None):  # noqa: ANN001, ANN202
+        if full_tokens is not None:
+            metrics.inc("tokens_saved_estimate_total", max(0, full_tokens - out.generated - out.probe_tokens - forced_cost))
         if esc_tokens:
             metrics.inc("escalations_total")
             metrics.inc("escalation_tokens_total", esc_tokens)
@@ -497,8 +499,6 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         escalated = bool(esc_tokens) or (esc is not None and (out.abstained or out.escalated))
         n_chains = settings.max_chains if lp.family.kind == "multi" else 1
         est = full_estimate(lp, out, n_chains)
-        if est is not None:
-            metrics.inc("tokens_saved_estimate_total", max(0, est - out.generated - out.probe_tokens - forced_cost))
         return {
             "full_compute_tokens_estimate": est,
             "answered_by": esc_name if escalated else model_name,
