@@ -25,13 +25,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import command_line, machine, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,17 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
     render_anchors(console, summarize(results), delta=args.delta)
     doc = {
         "benchmark": "anchors",
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "delta": args.delta,
         "epsilons": list(EPSILONS),
         "seeds": args.seeds,
         "seconds": round(elapsed, 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "rows": [r for res in results for r in res["rows"]],
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {args.json} ({len(doc['rows'])} rows, {elapsed:.0f} s)")
+    write_result(args.json, doc, f" ({len(doc['rows'])} rows, {elapsed:.0f} s)")
     if args.plot:
         try:
             plot(results, Path(args.plot))

@@ -24,13 +24,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import command_line, machine, write_result  # noqa: E402
 
 QUESTION = (
     "Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
@@ -96,17 +96,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"llama-cpp loop   {n:2d} chains  {toks:5d} tokens  {dt:7.2f} s  {rate:7.2f} tok/s  x{rate / base:.2f}", flush=True)
     result = {
         "benchmark": "embedded_throughput",
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "model": model.title,
         "model_sha256": model.sha256,
         "max_tokens": args.tokens,
         "threads": args.threads,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 

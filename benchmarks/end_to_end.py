@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy_overhead import free_port, wait_up  # noqa: E402
+from bench_common import command_line, free_port, machine, wait_up, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -131,19 +129,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     res = {
         "benchmark": "end_to_end",
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "model": args.model, "policy": doc["family"], "threshold": doc["threshold"], "epsilon": args.epsilon,
         "certificate": doc["certificate"], "traces": ts.name, "test_questions": [qids[i] for i in test],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "off": summary("off"), "policy_run": summary("policy"), "rows": rows,
     }
     off, p = res["off"], res["policy_run"]
     print(f"\n{'setup':10s} {'wall s':>8s} {'tokens':>8s} {'chains':>7s} {'accuracy':>9s}")
     for name, s in (("off", off), (doc["family"], p)):
         print(f"{name:10s} {s['wall_s']:8.1f} {s['tokens']:8d} {s['chains']:7d} {100 * s['accuracy']:8.1f}%")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, res)
     return res
 
 

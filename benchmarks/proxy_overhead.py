@@ -26,33 +26,14 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import shlex
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import command_line, free_port, machine, wait_up, write_result  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -158,15 +139,13 @@ def main(argv: list[str] | None = None) -> dict:
                 proc.kill()
     result = {
         "benchmark": "proxy_overhead",
-        "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "upstream_rate_tok_s_per_stream": args.rate,
         "tokens_per_stream": args.tokens,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return result
 
 
