@@ -193,6 +193,11 @@ _seed = click.option("--seed", default=0, show_default=True, type=int)
 _traces = click.option("--traces", "traces", multiple=True, type=click.Path(path_type=Path), help="Trace-set directory (repeatable; default: the bundled sets).")
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
 @cli.command("bench")
 @_traces
 @_risk
@@ -222,8 +227,7 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
         rows = summarize(results)
         render_anchors(console, rows, delta=delta)
         if json_out:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps([r for res in results for r in res["rows"]], indent=2) + "\n")
+            _write_json(json_out, [r for res in results for r in res["rows"]])
             console.print(f"rows written to {json_out}")
         return
 
@@ -241,8 +245,7 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
             progress.advance(task)
     render_bench(console, benches, risk=risk, epsilon=epsilon, delta=delta)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([r.to_dict() for sb in benches for r in sb.rows], indent=2) + "\n")
+        _write_json(json_out, [r.to_dict() for sb in benches for r in sb.rows])
         console.print(f"rows written to {json_out}")
     if report_dir:
         from stopwise.report.html import write_report
@@ -364,6 +367,33 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
         console.print(f"[yellow]not certified[/]: even the safest setting of {policy} fails the test; the policy file falls back to full compute; wrote {out}")
 
 
+def _report_per_set(traces, title: str, columns: tuple[str, ...], n_left: int, report, cells, json_out: Path | None,  # noqa: ANN001
+                    footer: str | None = None) -> None:
+    """One table over the sets: ``report(ts)`` gives rows (a set it refuses is skipped, saying why), ``cells(row)`` their cells."""
+    from rich.table import Table
+
+    from stopwise.errors import ConfigError
+
+    rows: list[dict] = []
+    t = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        t.add_column(col, justify="left" if i < n_left else "right")
+    for ts in _load_sets(traces):
+        try:
+            rs = report(ts)
+        except ConfigError as exc:
+            err_console.print(f"{ts.name}: skipped ({exc})")
+            continue
+        rows += rs
+        for r in rs:
+            t.add_row(ts.name, *cells(r))
+    console.print(t)
+    if footer:
+        console.print(footer)
+    if json_out:
+        _write_json(json_out, rows)
+
+
 @cli.command("abstain")
 @_traces
 @_eps
@@ -371,30 +401,17 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows with the risk-coverage curves.")
 def abstain_cmd(traces, epsilon, delta, json_out) -> None:  # noqa: ANN001
     """Selective answering: AUROC of each confidence score, and the certified 'answer only above t' rule."""
-    from rich.table import Table
-
-    from stopwise.errors import ConfigError
     from stopwise.selective import selective_report
 
-    rows = []
-    t = Table(title=f"selective answering: error among answered <= {epsilon} at delta {delta} (test half)", title_justify="left")
-    for col in ("trace set", "score", "AUROC", "certified", "threshold", "coverage", "selective risk", "error if all answered"):
-        t.add_column(col, justify="left" if col in ("trace set", "score") else "right")
-    for ts in _load_sets(traces):
-        try:
-            rs = selective_report(ts, epsilon=epsilon, delta=delta)
-        except ConfigError as exc:
-            err_console.print(f"{ts.name}: skipped ({exc})")
-            continue
-        rows += rs
-        for r in rs:
-            t.add_row(ts.name, r["score"], "-" if r["auroc"] is None else f"{r['auroc']:.3f}", "yes" if r["certified"] else "no",
-                      "-" if r["threshold"] is None else f"{r['threshold']:.3g}", f"{100 * r['coverage']:.1f}%",
-                      f"{100 * r['selective_risk']:.1f}%", f"{100 * r['error_all']:.1f}%")
-    console.print(t)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+    _report_per_set(
+        traces, f"selective answering: error among answered <= {epsilon} at delta {delta} (test half)",
+        ("trace set", "score", "AUROC", "certified", "threshold", "coverage", "selective risk", "error if all answered"), 2,
+        lambda ts: selective_report(ts, epsilon=epsilon, delta=delta),
+        lambda r: (r["score"], "-" if r["auroc"] is None else f"{r['auroc']:.3f}", "yes" if r["certified"] else "no",
+                   "-" if r["threshold"] is None else f"{r['threshold']:.3g}", f"{100 * r['coverage']:.1f}%",
+                   f"{100 * r['selective_risk']:.1f}%", f"{100 * r['error_all']:.1f}%"),
+        json_out,
+    )
 
 
 @cli.command("sets")
@@ -405,29 +422,17 @@ def abstain_cmd(traces, epsilon, delta, json_out) -> None:  # noqa: ANN001
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def sets_cmd(traces, alpha, score, json_out) -> None:  # noqa: ANN001
     """Conformal answer sets over each question's chain answers: calibrate on the hashed half, report the other."""
-    from rich.table import Table
-
     from stopwise.conformal import answer_sets
-    from stopwise.errors import ConfigError
 
-    rows = []
-    t = Table(title=f"conformal answer sets ({score}, alpha {alpha}): test half", title_justify="left")
-    for col in ("trace set", "n cal", "n test", "coverage", "mean size", "singletons", "with 'none'", "truth not a candidate"):
-        t.add_column(col, justify="left" if col == "trace set" else "right")
-    for ts in _load_sets(traces):
-        try:
-            r = answer_sets(ts, alpha=alpha, score=score)
-        except ConfigError as exc:
-            err_console.print(f"{ts.name}: skipped ({exc})")
-            continue
-        rows.append(r)
-        t.add_row(ts.name, str(r["n_calibration"]), str(r["n_test"]), f"{r['test_coverage']:.3f}", f"{r['mean_size']:.2f}",
-                  f"{100 * r['singleton_share']:.0f}%", f"{100 * r['none_share']:.0f}%", f"{100 * r['truth_not_a_candidate']:.0f}%")
-    console.print(t)
-    console.print("guarantee: marginal coverage >= 1 - alpha over exchangeable questions; 'none of these' is an element of every candidate list")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+    _report_per_set(
+        traces, f"conformal answer sets ({score}, alpha {alpha}): test half",
+        ("trace set", "n cal", "n test", "coverage", "mean size", "singletons", "with 'none'", "truth not a candidate"), 1,
+        lambda ts: [answer_sets(ts, alpha=alpha, score=score)],
+        lambda r: (str(r["n_calibration"]), str(r["n_test"]), f"{r['test_coverage']:.3f}", f"{r['mean_size']:.2f}",
+                   f"{100 * r['singleton_share']:.0f}%", f"{100 * r['none_share']:.0f}%", f"{100 * r['truth_not_a_candidate']:.0f}%"),
+        json_out,
+        "guarantee: marginal coverage >= 1 - alpha over exchangeable questions; 'none of these' is an element of every candidate list",
+    )
 
 
 @cli.command("select")
@@ -439,29 +444,17 @@ def sets_cmd(traces, alpha, score, json_out) -> None:  # noqa: ANN001
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows, with the released question ids.")
 def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
     """Conformal selection: which majority answers to release so that FDR <= q (BH on conformal p-values)."""
-    from rich.table import Table
-
     from stopwise.conformal import select_answers
-    from stopwise.errors import ConfigError
 
-    rows = []
-    t = Table(title=f"conformal selection at FDR q = {q}: test half", title_justify="left")
-    for col in ("trace set", "n cal", "n test", "released", "released share", "realized FDP", "accuracy of all"):
-        t.add_column(col, justify="left" if col == "trace set" else "right")
-    for ts in _load_sets(traces):
-        try:
-            r = select_answers(ts, q=q, score=score)
-        except ConfigError as exc:
-            err_console.print(f"{ts.name}: skipped ({exc})")
-            continue
-        rows.append(r)
-        t.add_row(ts.name, str(r["n_calibration"]), str(r["n_test"]), str(r["released"]), f"{100 * r['released_share']:.1f}%",
-                  f"{r['test_fdp']:.3f}", f"{100 * r['accuracy_all']:.1f}%")
-    console.print(t)
-    console.print("guarantee: FDR <= q in expectation over calibration and test draws (marginal, not per batch)")
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+    _report_per_set(
+        traces, f"conformal selection at FDR q = {q}: test half",
+        ("trace set", "n cal", "n test", "released", "released share", "realized FDP", "accuracy of all"), 1,
+        lambda ts: [select_answers(ts, q=q, score=score)],
+        lambda r: (str(r["n_calibration"]), str(r["n_test"]), str(r["released"]), f"{100 * r['released_share']:.1f}%",
+                   f"{r['test_fdp']:.3f}", f"{100 * r['accuracy_all']:.1f}%"),
+        json_out,
+        "guarantee: FDR <= q in expectation over calibration and test draws (marginal, not per batch)",
+    )
 
 
 @cli.command("route")
@@ -485,8 +478,7 @@ def route_cmd(data_path, epsilon, delta, weak_cost, json_out) -> None:  # noqa: 
                   f"{100 * r['escalated']:.1f}%, cost {r['cost']:.3f} of always-strong (oracle router: escalates "
                   f"{100 * r['oracle_escalated']:.1f}%, cost {r['oracle_cost']:.3f})")
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(r, indent=2) + "\n")
+        _write_json(json_out, r)
 
 
 @cli.command("validate")
@@ -510,8 +502,7 @@ def validate_cmd(traces, policies, risk, epsilon, delta, seed, draws, n_calibrat
     rows += validate_controls(epsilon=epsilon, delta=delta, draws=draws, seed=seed)
     render_validate(console, rows)
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rows, indent=2) + "\n")
+        _write_json(json_out, rows)
 
 
 def _load_sets(dirs: tuple[Path, ...] | list[Path]) -> list:
