@@ -158,3 +158,17 @@ def test_cli_calibrate_trains_then_reuses_the_model(tmp_path):
                         "--policy", "esc", "--settings-from", p1, "--out", tmp_path / "x.json"], capture_output=True, text=True)
     assert r.returncode == 2 and "written for family 'learned_exit'" in r.stderr
     assert not math.isnan(doc2["certificate"]["empirical_risk"])
+
+
+def test_combined_policy_settings_round_trip(syn):
+    """A combined policy file's settings (probe model and declared path) rebuild the same family."""
+    from stopwise.policies.registry import get_family
+
+    multi = synthetic_trace_set(60, 3, mean_tokens=150, seed=1, name="syn3")
+    fam = prepare_family("combined", multi)
+    again = get_family("combined", **json.loads(json.dumps(fam.settings())))
+    a, b = fam.replay(multi), again.replay(multi)
+    assert np.array_equal(a.answer, b.answer) and np.array_equal(a.tokens, b.tokens)
+    assert np.array_equal(fam.training_mask(multi), again.training_mask(multi))
+    with pytest.raises(ConfigError, match="declared path"):
+        get_family("combined", **{**fam.settings(), "path": [[0.5, 0.5]]})

@@ -20,7 +20,7 @@ settings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
 from typing import ClassVar
 
 import numpy as np
@@ -30,7 +30,6 @@ from stopwise.policies.base import MISSING, Action, Event, Final, Finished, Prob
 from stopwise.policies.learned import LearnedExit, LearnedExitPolicy, ProbeModel
 from stopwise.policies.multi import MultiChainFamily, ac_stop_probability, chain_matrix
 from stopwise.policies.voting import tally, vote_prefixes
-from stopwise.stats.split import TRAIN_FRACTION
 
 __all__ = ["PATH", "CombinedExit"]
 
@@ -90,15 +89,12 @@ class CombinedExit(MultiChainFamily):
     knob: ClassVar[str] = "path_index"
     requires: ClassVar[tuple[str, ...]] = ("probe_position", "probe_class")
 
-    def __init__(
-        self,
-        cues: Iterable[str] | str | None = None,
-        model: ProbeModel | dict | None = None,
-        groups: Iterable[str] | None = None,
-        train_fraction: float = TRAIN_FRACTION,
-        every: int | None = None,
-    ) -> None:
-        self.exit = LearnedExit(cues=cues, model=model, groups=groups, train_fraction=train_fraction, every=every)
+    def __init__(self, path=None, **exit_settings) -> None:  # noqa: ANN001, ANN003
+        """``exit_settings`` are ``learned_exit``'s; ``path`` (as a policy file records it) must be :data:`PATH`."""
+        if path is not None and [tuple(float(v) for v in p) for p in path] != [tuple(p) for p in PATH]:
+            raise ConfigError("combined: the policy file's (lambda, c) path is not this stopwise's declared path",
+                              hint="recalibrate with this version of stopwise")
+        self.exit = LearnedExit(**exit_settings)
         grid = [round(float(g), 6) for g in self.exit.grid]
         bad = [lam for lam, _ in PATH if round(lam, 6) not in grid]
         if bad:  # pragma: no cover - a code invariant
@@ -117,9 +113,8 @@ class CombinedExit(MultiChainFamily):
     def train(self, ts) -> CombinedExit:  # noqa: ANN001
         if self.exit.model is not None:
             return self
-        fitted = self.exit.train(ts)
-        out = CombinedExit.__new__(CombinedExit)
-        out.exit = fitted
+        out = copy.copy(self)
+        out.exit = self.exit.train(ts)
         return out
 
     def training_mask(self, ts):  # noqa: ANN001, ANN201
