@@ -77,10 +77,14 @@ def _halves(ts, calib: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # n
     return np.asarray(calib, dtype=bool), ~np.asarray(calib, dtype=bool)
 
 
-def answer_sets(ts, *, alpha: float = 0.1, score: str = "lac", calib: np.ndarray | None = None) -> dict[str, Any]:  # noqa: ANN001
-    """Calibrate answer sets on the calibration questions; coverage and size on the rest."""
+def answer_sets(ts, *, alpha: float = 0.1, score: str = "lac", calib: np.ndarray | None = None,  # noqa: ANN001
+                cands: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Calibrate answer sets on the calibration questions; coverage and size on the rest.
+
+    ``cands`` is :func:`candidates` of ``ts`` when the caller already has it (many draws of one set).
+    """
     cal, test = _halves(ts, calib)
-    probs, classes, labels = candidates(ts)
+    probs, classes, labels = cands if cands is not None else candidates(ts)
     qhat = conformal_quantile(nonconformity(probs[cal], labels[cal], score), alpha)
     sets = prediction_sets(probs[test], qhat, score)
     k = probs.shape[1]
@@ -138,10 +142,14 @@ def selection_scores(ts, score: str = "auto") -> tuple[np.ndarray, np.ndarray, n
     return answer, conf.astype(np.float64), wrong
 
 
-def select_answers(ts, *, q: float = 0.1, score: str = "auto", calib: np.ndarray | None = None) -> dict[str, Any]:  # noqa: ANN001
-    """Release test-half answers by BH on conformal p-values; report the released share and the realized FDP."""
+def select_answers(ts, *, q: float = 0.1, score: str = "auto", calib: np.ndarray | None = None,  # noqa: ANN001
+                   scored: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Release test-half answers by BH on conformal p-values; report the released share and the realized FDP.
+
+    ``scored`` is :func:`selection_scores` of ``ts`` when the caller already has it (many draws of one set).
+    """
     cal, test = _halves(ts, calib)
-    answer, score_v, wrong = selection_scores(ts, score)
+    answer, score_v, wrong = scored if scored is not None else selection_scores(ts, score)
     p = conformal_pvalues(score_v[cal], wrong[cal], score_v[test])
     released = benjamini_hochberg(p, q)
     n_rel = int(released.sum())
@@ -172,9 +180,10 @@ def validate_sets(ts, *, alpha: float = 0.1, score: str = "lac", draws: int = 20
     accuracy is below ``1 - alpha``.
     """
     covs, top1 = [], []
-    probs, classes, labels = candidates(ts)
+    cands = candidates(ts)
+    labels = cands[2]
     for cal in _random_halves(ts.n_questions, draws, seed):
-        out = answer_sets(ts, alpha=alpha, score=score, calib=cal)
+        out = answer_sets(ts, alpha=alpha, score=score, calib=cal, cands=cands)
         covs.append(out["test_coverage"])
         top1.append(float((labels[~cal] == 0).mean()))
     covs_a, top1_a = np.asarray(covs), np.asarray(top1)
@@ -196,10 +205,11 @@ def validate_selection(ts, *, q: float = 0.1, score: str = "auto", draws: int = 
     negative control releases every test answer (no selection): its FDP is the
     error rate, above ``q`` wherever the model errs more often than ``q``.
     """
-    _, _, wrong = selection_scores(ts)
+    scored = selection_scores(ts, score)
+    wrong = scored[2]
     fdps, release_all = [], []
     for cal in _random_halves(ts.n_questions, draws, seed):
-        fdps.append(select_answers(ts, q=q, score=score, calib=cal)["test_fdp"])
+        fdps.append(select_answers(ts, q=q, score=score, calib=cal, scored=scored)["test_fdp"])
         release_all.append(float(wrong[~cal].mean()))
     f, nv = np.asarray(fdps), np.asarray(release_all)
     se = f.std(ddof=1) / np.sqrt(len(f)) if len(f) > 1 else 0.0
