@@ -39,6 +39,7 @@ import numpy as np
 
 from stopwise.calibrate import calibrate_losses
 from stopwise.errors import ConfigError, TraceFormatError
+from stopwise.stats.ranking import auroc
 from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
 
 __all__ = ["GRID", "RoutingData", "cascade", "load_routellm", "router_losses", "validate_cascade"]
@@ -171,15 +172,9 @@ def cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, wea
         "escalated": float((~t_kept).mean()), "cost": float(weak_cost + (~t_kept).mean()),
         "cost_strong": 1.0, "weak_cost": weak_cost,
         "oracle_escalated": float(oracle_escalate.mean()), "oracle_cost": float(weak_cost + oracle_escalate.mean()),
-        "router_auroc": _auroc(scores[test], w),
+        "router_auroc": auroc(scores[test], w),
         "guarantee": f"accuracy loss vs always-{data.strong} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test)",
     }
-
-
-def _auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(positive, scores)) if len(np.unique(positive)) == 2 else None
 
 
 def validate_cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, draws: int = 300, seed: int = 0) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from stopwise.errors import ConfigError
 from stopwise.policies.base import MISSING
 from stopwise.policies.multi import chain_matrix
 from stopwise.policies.voting import vote_prefixes
+from stopwise.stats.ranking import auroc
 from stopwise.stats.split import split_mask
 
 __all__ = ["SCORES", "question_scores", "selective_report"]
@@ -71,12 +72,6 @@ def question_scores(ts) -> tuple[dict[str, np.ndarray], np.ndarray]:  # noqa: AN
     return out, wrong
 
 
-def _auroc(score: np.ndarray, right: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(right, score)) if len(np.unique(right)) == 2 else None
-
-
 def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: int = 21) -> list[dict[str, Any]]:  # noqa: ANN001
     """One row per score: AUROC, risk-coverage curve and the certified threshold, on the test half."""
     if not ts.has("correct"):
@@ -96,15 +91,14 @@ def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: i
         grid = grid[enough] if enough.any() else grid[:1]
         answered = s[:, None] >= grid[None, :]
         losses = (answered & wrong[:, None]).astype(np.float64)
-        j, cert, _, _ = calibrate_losses(losses[cal], risk="selective", epsilon=epsilon, delta=delta,
-                                         method="binomial", answered=answered[cal])
-        idx = j
+        j, _, _, _ = calibrate_losses(losses[cal], risk="selective", epsilon=epsilon, delta=delta,
+                                      method="binomial", answered=answered[cal])
         ans_t = answered[test]
         cov = ans_t.mean(axis=0)
         risk = np.where(ans_t.sum(axis=0) > 0, (ans_t & wrong[test][:, None]).sum(axis=0) / np.maximum(ans_t.sum(axis=0), 1), 0.0)
         rows.append({
-            "trace_set": ts.name, "score": name, "auroc": _auroc(s[test], ~wrong[test]), "epsilon": epsilon, "delta": delta,
-            "certified": idx is not None, "threshold": None if j is None else float(grid[j]),
+            "trace_set": ts.name, "score": name, "auroc": auroc(s[test], ~wrong[test]), "epsilon": epsilon, "delta": delta,
+            "certified": j is not None, "threshold": None if j is None else float(grid[j]),
             "coverage": 0.0 if j is None else float(cov[j]), "selective_risk": 0.0 if j is None else float(risk[j]),
             "error_all": float(wrong[test].mean()) if test.any() else float("nan"),
             "curve": {"coverage": cov.tolist(), "risk": risk.tolist()},

@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from stopwise.errors import ConfigError
-from stopwise.policies.base import MISSING, Action, Event, Family, ProbeResult, Tokens
+from stopwise.policies.base import MISSING, Action, Event, ProbeResult, Tokens
 from stopwise.policies.features import FEATURE_GROUPS, ChainFeatures, available_groups, feature_names, set_features
 from stopwise.policies.single import ProbeArrays, SingleChainFamily, _ChainPolicy, probe_arrays
 from stopwise.stats.split import TRAIN_FRACTION, training_mask
