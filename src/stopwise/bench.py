@@ -97,16 +97,23 @@ def brief_settings(settings: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
-def held_out_curves(res, test_questions: np.ndarray, n_questions: int, risk: str) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """A replayed family on the questions of ``test_questions`` (bool mask): per grid point, the
-    question-level risk, the share of full-compute cost saved (probe tokens included) and of chains saved."""
+def held_out_curves(res, test_questions: np.ndarray, n_questions: int, risk: str) -> dict[str, Any]:  # noqa: ANN001
+    """A replayed family on the questions of ``test_questions`` (bool mask): the subset ``result`` and, per
+    grid point, the question-level ``risk`` (for ``selective``: error among answered questions), the share of
+    full-compute cost saved (probe tokens included) and the share of chains saved."""
     tres = subset_result(res, test_questions[res.unit_question])
     q_loss, _, _ = question_losses(tres, unit_losses(tres, risk), n_questions)
+    if risk == "selective":
+        n_ans = question_mean((~tres.abstained).astype(float), tres.unit_question, n_questions).sum(axis=0)
+        risk_curve = np.where(n_ans > 0, q_loss.sum(axis=0) / np.maximum(n_ans, 1), 0.0)
+    else:
+        risk_curve = q_loss.mean(axis=0)
     cost_full = float(tres.cost_full.sum())
     chains_full = float(tres.chains_full.sum())
     g = len(res.grid)
     return {
-        "risk": q_loss.mean(axis=0) if len(q_loss) else np.zeros(g),
+        "result": tres,
+        "risk": risk_curve,
         "saved": 1.0 - tres.cost.sum(axis=0) / cost_full if cost_full > 0 else np.zeros(g),
         "chains_saved": 1.0 - tres.chains.sum(axis=0) / chains_full if chains_full > 0 else np.zeros(g),
     }
@@ -216,13 +223,8 @@ def bench_set(
         fam_calib = calib if trained is None else calib & ~trained
         n_cal_fam = int(fam_calib.sum())
         cal = calibrate_family(res, fam_calib, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k, chain_mode=chain_mode, seed=seed)
-        tres = subset_result(res, test[res.unit_question])
-        losses = unit_losses(tres, risk)
-        q_loss, _, _ = question_losses(tres, losses, ts.n_questions)
-        cost = tres.cost.astype(float)
-        cost_full = float(tres.cost_full.sum())
-        chains = tres.chains.astype(float)
-        chains_full = float(tres.chains_full.sum())
+        held = held_out_curves(res, test, ts.n_questions, risk)
+        tres, risk_curve, saved_curve = held["result"], held["risk"], held["saved"]
         ref = tres.correct_class
         has_labels = ts.has("correct") and (ref != MISSING).any()
         correct = ((tres.answer == ref[:, None]) & ~tres.abstained & (ref[:, None] != MISSING)).astype(float)
@@ -230,13 +232,6 @@ def bench_set(
         acc_curve = question_mean(correct, tres.unit_question, ts.n_questions).mean(axis=0) if has_labels else None
         acc_full = float(question_mean(correct_full, tres.unit_question, ts.n_questions).mean()) if has_labels else None
         j = cal.index
-        saved_curve = 1.0 - cost.sum(axis=0) / cost_full if cost_full > 0 else np.zeros(cost.shape[1])
-        if risk == "selective":
-            answered = question_mean((~tres.abstained).astype(float), tres.unit_question, ts.n_questions)
-            n_ans = answered.sum(axis=0)
-            risk_curve = np.where(n_ans > 0, q_loss.sum(axis=0) / np.maximum(n_ans, 1), 0.0)
-        else:
-            risk_curve = q_loss.mean(axis=0)
         curves[fam.name] = {
             "grid": res.grid.tolist(),
             "cost_fraction": (1.0 - saved_curve).tolist(),
@@ -252,7 +247,7 @@ def bench_set(
         else:
             test_risk = float(risk_curve[j])
             tokens_saved = float(saved_curve[j])
-            chains_saved = float(1.0 - chains[:, j].sum() / chains_full) if chains_full > 0 else 0.0
+            chains_saved = float(held["chains_saved"][j])
             acc_pol = None if acc_curve is None else float(acc_curve[j])
         osaved = oracle.get("saved")
         rows.append(
