@@ -58,3 +58,18 @@ def test_unlabeled_refused_and_cli(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "AUROC" in r.stdout and json.loads(out.read_text())[0]["score"] == "probe_agreement"
+
+
+def test_auroc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from stopwise.stats.ranking import auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(2, 60))
+        s, y = rng.integers(0, 5, n) / 4, rng.random(n) < 0.6
+        if y.all() or not y.any():
+            assert auroc(s, y) is None
+            continue
+        assert auroc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
