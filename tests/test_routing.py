@@ -60,3 +60,61 @@ def test_cascade_guarantee_holds_where_the_naive_calibrator_fails():
     rows = {r["policy"]: r for r in validate_cascade(load_routellm(REAL), epsilon=0.15, draws=300, seed=1)}
     assert rows["cascade"]["consistent"], rows["cascade"]
     assert not rows["naive-control:cascade"]["consistent"], rows["naive-control:cascade"]
+
+
+# --- cascades between two trace sets --------------------------------------------------------------------
+
+
+def _synthetic_pair(n=120):
+    from stopwise.traces.synthetic import synthetic_trace_set
+
+    small = synthetic_trace_set(n, 4, p_correct=0.4, seed=3)  # a synthetic stand-in, not a real model
+    large = synthetic_trace_set(n, 1, p_correct=0.7, seed=4)
+    return small, large
+
+
+def test_pair_trace_sets_matches_questions_and_counts_tokens():
+    from stopwise.routing import pair_trace_sets, subset_trace_set
+
+    small, large = _synthetic_pair()
+    qids = small.questions.column("question_id").to_pylist()
+    large_part = subset_trace_set(large, qids[10:70][::-1])  # fewer questions, another order
+    pair = pair_trace_sets(small, large_part, chains=2)
+    assert pair.question_ids == qids[10:70] and pair.chains == 2
+    s2 = subset_trace_set(small, pair.question_ids, 2)
+    assert s2.n_chains == 120 and pair.weak_tokens.sum() == s2.column("n_tokens").sum()
+    assert pair.strong_tokens.sum() == large_part.column("n_tokens").sum()
+    ref = np.asarray(large_part.questions.column("reference_class").to_pylist())
+    # one large chain: its correctness is the chain's own
+    order = [large_part.questions.column("question_id").to_pylist().index(q) for q in pair.question_ids]
+    assert pair.strong_ok.tolist() == (np.asarray(large_part.column("answer_class", fill=-1))[order] == ref[order]).tolist()
+    assert set(pair.scores) >= {"vote_share", "vote_margin", "probe_agreement"}
+    assert (pair.weak_probe_tokens > 0).all()
+
+
+def test_pair_trace_sets_refuses_too_few_common_questions_and_unlabeled_sets():
+    from stopwise.errors import ConfigError
+    from stopwise.routing import pair_trace_sets, subset_trace_set
+
+    small, large = _synthetic_pair()
+    few = subset_trace_set(large, small.questions.column("question_id").to_pylist()[:5])
+    with pytest.raises(ConfigError, match="share 5 questions"):
+        pair_trace_sets(small, few)
+
+
+def test_trace_cascade_certifies_and_reports_costs():
+    from stopwise.routing import pair_trace_sets, trace_cascade
+
+    small, large = _synthetic_pair(200)
+    pair = pair_trace_sets(small, large)
+    r = trace_cascade(pair, score="vote_share", epsilon=0.1, delta=0.1, weak_token_price=0.5)
+    assert r["n_calibration"] + r["n_test"] == 200
+    # cost = 0.5 x small tokens + large tokens of the escalated questions, in large-model tokens
+    assert r["cost"] == pytest.approx(0.5 * r["tokens_weak"] + r["tokens_cascade_strong"])
+    assert r["tokens_cascade_strong"] <= r["tokens_strong"] and 0.0 <= r["escalated"] <= 1.0
+    curve = r["curve"]
+    assert curve["accuracy"][0] == pytest.approx(r["accuracy_strong"]) and curve["cost"][0] == pytest.approx(r["cost_weak"] + r["cost_strong"])
+    # the oracle escalates exactly where only the large model is right: never a loss, never a useless escalation
+    assert r["oracle_escalated"] <= 1 - r["accuracy_weak"]
+    with pytest.raises(Exception, match="not available"):
+        trace_cascade(pair, score="nope")

@@ -29,7 +29,7 @@ import numpy as np
 from stopwise.errors import ConfigError
 from stopwise.policies.base import MISSING
 from stopwise.policies.multi import chain_matrix
-from stopwise.policies.voting import vote_rows
+from stopwise.policies.voting import vote_prefixes, vote_rows
 from stopwise.stats.conformal import (
     NONE,
     benjamini_hochberg,
@@ -40,7 +40,7 @@ from stopwise.stats.conformal import (
 )
 from stopwise.stats.split import split_mask
 
-__all__ = ["SELECTION_SCORES", "answer_sets", "candidates", "select_answers", "selection_scores", "validate_selection", "validate_sets"]
+__all__ = ["SCORES", "SELECTION_SCORES", "answer_sets", "candidates", "question_scores", "select_answers", "selection_scores", "validate_selection", "validate_sets"]
 
 
 def candidates(ts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001 - TraceSet
@@ -106,6 +106,8 @@ def answer_sets(ts, *, alpha: float = 0.1, score: str = "lac", calib: np.ndarray
 
 
 SELECTION_SCORES = ("auto", "vote_share", "probe_agreement")
+# the confidence scores of a majority answer that question_scores computes (selective answering, cascades)
+SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confidence")
 
 
 def selection_scores(ts, score: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
@@ -140,6 +142,35 @@ def selection_scores(ts, score: str = "auto") -> tuple[np.ndarray, np.ndarray, n
     ref = np.asarray(ts.questions.column("reference_class").to_numpy(zero_copy_only=False), dtype=np.int64)
     wrong = (answer != ref) | (answer == MISSING) | (ref == MISSING)
     return answer, conf.astype(np.float64), wrong
+
+
+def question_scores(ts) -> tuple[dict[str, np.ndarray], np.ndarray]:  # noqa: ANN001 - TraceSet
+    """Every score the set can feed, per question, and whether the majority answer is wrong."""
+    answer, share, wrong = selection_scores(ts, "vote_share")
+    out: dict[str, np.ndarray] = {}
+    cm = chain_matrix(ts)
+    if ts.n_questions and int(cm.counts.max()) > 1:
+        out["vote_share"] = share
+        last = np.maximum(cm.counts - 1, 0)
+        pv = vote_prefixes(cm.klass)
+        n = np.maximum(cm.counts, 1)
+        top = pv.top[np.arange(len(last)), last] if cm.width else np.zeros(len(last))
+        run = pv.runner_up[np.arange(len(last)), last] if cm.width else np.zeros(len(last))
+        out["vote_margin"] = np.where(answer == MISSING, 0.0, (top - run) / n)
+    if ts.has("probe_class"):
+        out["probe_agreement"] = selection_scores(ts, "probe_agreement")[1]
+        if ts.has("probe_logprob"):
+            from stopwise.policies.single import probe_arrays
+
+            pa = probe_arrays(ts)
+            qi = np.asarray(ts.question_index, dtype=np.int64)[pa.chain]
+            final = np.asarray(ts.column("answer_class", fill=MISSING), dtype=np.int64)
+            use = (pa.klass != MISSING) & (final[pa.chain] == answer[qi]) & np.isfinite(pa.logprob)
+            if use.any():
+                tot = np.bincount(qi[use], weights=np.exp(pa.logprob[use]), minlength=ts.n_questions)
+                cnt = np.bincount(qi[use], minlength=ts.n_questions)
+                out["probe_confidence"] = np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
+    return out, wrong
 
 
 def select_answers(ts, *, q: float = 0.1, score: str = "auto", calib: np.ndarray | None = None,  # noqa: ANN001

@@ -42,7 +42,10 @@ from stopwise.errors import ConfigError, TraceFormatError
 from stopwise.stats.ranking import auroc
 from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
 
-__all__ = ["GRID", "RoutingData", "cascade", "load_routellm", "router_losses", "validate_cascade"]
+__all__ = [
+    "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "certify_cascade", "load_routellm", "pair_trace_sets",
+    "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
+]
 
 GRID = tuple(float(x) for x in np.round(np.linspace(1.0, 0.0, 41), 3))
 _HEDGES = re.compile(r"\b(however|but|approximately|assume|cannot|can't|unclear|not sure|wait|actually)\b", re.I)
@@ -138,12 +141,53 @@ def router_scores(data: RoutingData, train: np.ndarray) -> tuple[np.ndarray, dic
     return clf.predict_proba(X)[:, 1], info
 
 
-def router_losses(data: RoutingData, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cascade_losses(weak_ok: np.ndarray, strong_ok: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(loss, kept)``, each (Q, G) over :data:`GRID`: the loss against always-strong, and whether the weak answer is kept."""
-    kept = scores[:, None] >= np.asarray(GRID)[None, :]
+    kept = np.asarray(scores)[:, None] >= np.asarray(GRID)[None, :]
     kept[:, 0] = False  # t = 1.0: always escalate (the safe end)
-    lost = (~data.weak_ok & data.strong_ok)[:, None]
+    lost = (~np.asarray(weak_ok, dtype=bool) & np.asarray(strong_ok, dtype=bool))[:, None]
     return (kept & lost).astype(np.float64), kept
+
+
+def router_losses(data: RoutingData, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`cascade_losses` of a routing data set."""
+    return cascade_losses(data.weak_ok, data.strong_ok, scores)
+
+
+def certify_cascade(
+    scores: np.ndarray, weak_ok: np.ndarray, strong_ok: np.ndarray, calib: np.ndarray, test: np.ndarray, *,
+    epsilon: float, delta: float, weak_cost: np.ndarray | float, strong_cost: np.ndarray | float,
+) -> dict[str, Any]:
+    """Certify the keep-threshold on ``calib`` (LTT, binomial) and report the cascade on ``test``.
+
+    Costs are per question (arrays) or constants, in one unit (tokens, or the
+    strong model's price = 1); the cascade pays the weak cost always and the
+    strong cost when it escalates. The curves give accuracy and cost of every
+    grid threshold on the test half (hindsight: the cost-accuracy frontier).
+    """
+    weak_ok, strong_ok = np.asarray(weak_ok, dtype=bool), np.asarray(strong_ok, dtype=bool)
+    loss, kept = cascade_losses(weak_ok, strong_ok, scores)
+    index, cert, _, _ = calibrate_losses(loss[calib], risk="accuracy", epsilon=epsilon, delta=delta, method="binomial")
+    j = 0 if index is None else index
+    wc = np.broadcast_to(np.asarray(weak_cost, dtype=np.float64), weak_ok.shape)[test]
+    sc = np.broadcast_to(np.asarray(strong_cost, dtype=np.float64), weak_ok.shape)[test]
+    w, s, k = weak_ok[test], strong_ok[test], kept[test]
+    acc_curve = np.where(k, w[:, None], s[:, None]).mean(axis=0)
+    cost_curve = (wc[:, None] + np.where(k, 0.0, sc[:, None])).mean(axis=0)
+    oracle_escalate = ~w & s
+    strong_mean = float(sc.mean()) if len(sc) else float("nan")
+    return {
+        "epsilon": epsilon, "delta": delta, "certified": cert.certified, "threshold": GRID[j],
+        "n_calibration": int(np.sum(calib)), "n_test": int(np.sum(test)),
+        "accuracy_cascade": float(acc_curve[j]), "accuracy_strong": float(s.mean()), "accuracy_weak": float(w.mean()),
+        "accuracy_loss": float(s.mean() - acc_curve[j]), "test_risk": float(loss[test, j].mean()),
+        "escalated": float((~k[:, j]).mean()), "cost": float(cost_curve[j]), "cost_strong": strong_mean,
+        "cost_weak": float(wc.mean()) if len(wc) else float("nan"),
+        "oracle_escalated": float(oracle_escalate.mean()),
+        "oracle_cost": float((wc + np.where(oracle_escalate, sc, 0.0)).mean()) if len(wc) else float("nan"),
+        "router_auroc": auroc(np.asarray(scores)[test], w),
+        "curve": {"threshold": list(GRID), "accuracy": acc_curve.tolist(), "cost": cost_curve.tolist()},
+    }
 
 
 def cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, weak_cost: float = 0.1) -> dict[str, Any]:
@@ -156,23 +200,11 @@ def cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, wea
     half = split_mask(data.question_ids)
     calib, test = half & ~train, ~half
     scores, info = router_scores(data, train)
-    loss, kept = router_losses(data, scores)
-    index, cert, _, _ = calibrate_losses(loss[calib], risk="accuracy", epsilon=epsilon, delta=delta, method="binomial")
-    j = 0 if index is None else index
-    t_kept = kept[test, j]
-    w, s = data.weak_ok[test], data.strong_ok[test]
-    acc = float(np.where(t_kept, w, s).mean())
-    oracle_escalate = ~w & s
+    out = certify_cascade(scores, data.weak_ok, data.strong_ok, calib, test, epsilon=epsilon, delta=delta,
+                          weak_cost=weak_cost, strong_cost=1.0)
     return {
-        "data": data.name, "weak": data.weak, "strong": data.strong, "epsilon": epsilon, "delta": delta,
-        "certified": cert.certified, "threshold": GRID[j], "n_train": int(train.sum()), "n_calibration": int(calib.sum()),
-        "n_test": int(test.sum()), "router": info,
-        "accuracy_cascade": acc, "accuracy_strong": float(s.mean()), "accuracy_weak": float(w.mean()),
-        "accuracy_loss": float(s.mean()) - acc, "test_risk": float(loss[test, j].mean()),
-        "escalated": float((~t_kept).mean()), "cost": float(weak_cost + (~t_kept).mean()),
-        "cost_strong": 1.0, "weak_cost": weak_cost,
-        "oracle_escalated": float(oracle_escalate.mean()), "oracle_cost": float(weak_cost + oracle_escalate.mean()),
-        "router_auroc": auroc(scores[test], w),
+        "data": data.name, "weak": data.weak, "strong": data.strong, "n_train": int(train.sum()), "router": info,
+        "weak_cost": weak_cost, "cost_unit": "strong model's price per question", **out,
         "guarantee": f"accuracy loss vs always-{data.strong} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test)",
     }
 
@@ -191,4 +223,126 @@ def validate_cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float =
     for label, cal in (("cascade", ltt_calibrator(epsilon, delta, "binomial")), ("naive-control:cascade", naive_calibrator(epsilon))):
         v = validate_calibrator(pop, n, draws, cal, epsilon, delta, seed=seed)
         rows.append(validation_row(v, trace_set=data.name, policy=label, risk="accuracy loss vs strong", method="binomial"))
+    return rows
+
+
+# --- cascades between two trace sets (a small and a large model on the same questions) -------------------
+
+# Qwen2.5 0.5B and 1.5B: 0.49B and 1.54B parameters; a decoded token's compute scales with them
+DEFAULT_WEAK_TOKEN_PRICE = 0.32
+
+
+@dataclass
+class TracePair:
+    """Two models' trace sets on the same questions, reduced to what a cascade needs, per question."""
+
+    name: str
+    weak: str
+    strong: str
+    chains: int
+    question_ids: list[str]
+    scores: dict[str, np.ndarray]
+    weak_ok: np.ndarray
+    strong_ok: np.ndarray
+    weak_tokens: np.ndarray
+    weak_probe_tokens: np.ndarray
+    strong_tokens: np.ndarray
+
+
+def subset_trace_set(ts, question_ids: list[str], chains: int | None = None):  # noqa: ANN001, ANN201 - TraceSet
+    """``ts`` restricted to ``question_ids`` (in that order) and to the first ``chains`` chains of each."""
+    import pyarrow as pa
+
+    from stopwise.traces.model import TraceSet
+
+    pos = {q: i for i, q in enumerate(ts.questions.column("question_id").to_pylist())}
+    qidx = np.asarray([pos[q] for q in question_ids], dtype=np.int64)
+    off, counts = np.asarray(ts.question_offsets), np.asarray(ts.chain_counts)
+    keep = [off[i] + np.arange(int(counts[i]) if chains is None else min(int(counts[i]), chains)) for i in qidx]
+    rows = np.concatenate(keep).astype(np.int64) if keep else np.zeros(0, np.int64)
+    return TraceSet(ts.name, ts.questions.take(pa.array(qidx)), ts.chains.take(pa.array(rows)), ts.provenance, ts.schema_version)
+
+
+def _per_question(ts, name: str) -> np.ndarray:  # noqa: ANN001
+    if name == "probe_cost":
+        if not ts.has("probe_cost"):
+            return np.zeros(ts.n_questions)
+        offsets, values = ts.list_column("probe_cost")
+        cs = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=np.float64))])
+        per_chain = cs[offsets[1:]] - cs[offsets[:-1]]
+    else:
+        per_chain = np.asarray(ts.column(name, fill=0), dtype=np.float64)
+    return np.bincount(np.asarray(ts.question_index), weights=per_chain, minlength=ts.n_questions)
+
+
+def pair_trace_sets(small, large, *, chains: int | None = None) -> TracePair:  # noqa: ANN001 - TraceSets
+    """Pair a small and a large model's sets on their common questions (matched by question id).
+
+    The small model's answer is the majority of its first ``chains`` chains
+    (all by default), scored by every score of :func:`stopwise.conformal.question_scores`,
+    which uses only what exists when the small model has finished; the large
+    model's answer is the majority of its chains. Correctness is the label.
+    """
+    from stopwise.conformal import question_scores, selection_scores
+
+    for ts in (small, large):
+        if not ts.has("correct"):
+            raise ConfigError(f"trace set '{ts.name}' has no labels (correct); a cascade is certified on accuracy")
+    in_large = set(large.questions.column("question_id").to_pylist())
+    common = [q for q in small.questions.column("question_id").to_pylist() if q in in_large]
+    if len(common) < 20:
+        raise ConfigError(f"trace sets '{small.name}' and '{large.name}' share {len(common)} questions; a cascade needs at least 20",
+                          hint="collect the large model on the small set's questions (same --dataset, --offset and --questions)")
+    s, lg = subset_trace_set(small, common, chains), subset_trace_set(large, common)
+    scores, wrong = question_scores(s)
+    _, _, large_wrong = selection_scores(lg, "vote_share")
+    k = int(np.max(s.chain_counts)) if s.n_questions else 0
+    return TracePair(
+        f"{small.name}->{large.name}", small.name, large.name, k, common, scores, ~wrong, ~large_wrong,
+        _per_question(s, "n_tokens"), _per_question(s, "probe_cost"), _per_question(lg, "n_tokens"),
+    )
+
+
+def trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: float = 0.1,
+                  weak_token_price: float = DEFAULT_WEAK_TOKEN_PRICE) -> dict[str, Any]:
+    """Certify the cascade "keep the small model's answer when ``score`` reaches t" and report it on the test half.
+
+    No router is trained (the scores are fixed functions of the small model's
+    chains), so the calibration half is the whole hashed calibration half.
+    Cost is in large-model tokens: a small-model token counts ``weak_token_price``
+    (compute per token scales with parameters), probe tokens included when the
+    score reads probes.
+    """
+    if score not in pair.scores:
+        raise ConfigError(f"score '{score}' is not available for {pair.name}", hint=f"available: {sorted(pair.scores)}")
+    calib = split_mask(pair.question_ids)
+    test = ~calib
+    probes = score.startswith("probe_")
+    weak_tokens = pair.weak_tokens + (pair.weak_probe_tokens if probes else 0.0)
+    out = certify_cascade(pair.scores[score], pair.weak_ok, pair.strong_ok, calib, test, epsilon=epsilon, delta=delta,
+                          weak_cost=weak_token_price * weak_tokens, strong_cost=pair.strong_tokens)
+    esc = ~(pair.scores[score][test] >= out["threshold"]) if out["threshold"] < 1.0 else np.ones(int(test.sum()), bool)
+    return {
+        "data": pair.name, "weak": pair.weak, "strong": pair.strong, "score": score, "chains": pair.chains, **out,
+        "cost_unit": f"large-model tokens (a small-model token = {weak_token_price:g})",
+        "weak_token_price": weak_token_price,
+        "tokens_weak": float(weak_tokens[test].mean()), "tokens_strong": float(pair.strong_tokens[test].mean()),
+        "tokens_cascade_strong": float(np.where(esc, pair.strong_tokens[test], 0.0).mean()),
+        "guarantee": f"accuracy loss vs always-{pair.strong} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test)",
+    }
+
+
+def validate_trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: float = 0.1, draws: int = 300,
+                           seed: int = 0) -> list[dict[str, Any]]:
+    """The trace cascade's guarantee over random calibration halves of the pair's questions (LTT and the naive control)."""
+    from stopwise.calibrate import validation_row
+    from stopwise.stats.validate import ltt_calibrator, naive_calibrator, validate_calibrator
+
+    loss, _ = cascade_losses(pair.weak_ok, pair.strong_ok, pair.scores[score])
+    n = len(loss) // 2
+    rows = []
+    for label, cal in ((f"cascade:{score}", ltt_calibrator(epsilon, delta, "binomial")),
+                       (f"naive-control:cascade:{score}", naive_calibrator(epsilon))):
+        v = validate_calibrator(loss, n, draws, cal, epsilon, delta, seed=seed)
+        rows.append(validation_row(v, trace_set=pair.name, policy=label, risk="accuracy loss vs strong", method="binomial"))
     return rows

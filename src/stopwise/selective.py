@@ -30,46 +30,12 @@ from typing import Any
 import numpy as np
 
 from stopwise.calibrate import calibrate_losses
-from stopwise.conformal import selection_scores
+from stopwise.conformal import SCORES, question_scores
 from stopwise.errors import ConfigError
-from stopwise.policies.base import MISSING
-from stopwise.policies.multi import chain_matrix
-from stopwise.policies.voting import vote_prefixes
 from stopwise.stats.ranking import auroc
 from stopwise.stats.split import split_mask
 
 __all__ = ["SCORES", "question_scores", "selective_report"]
-
-SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confidence")
-
-
-def question_scores(ts) -> tuple[dict[str, np.ndarray], np.ndarray]:  # noqa: ANN001 - TraceSet
-    """Every score the set can feed, per question, and whether the majority answer is wrong."""
-    answer, share, wrong = selection_scores(ts, "vote_share")
-    out: dict[str, np.ndarray] = {}
-    cm = chain_matrix(ts)
-    if ts.n_questions and int(cm.counts.max()) > 1:
-        out["vote_share"] = share
-        last = np.maximum(cm.counts - 1, 0)
-        pv = vote_prefixes(cm.klass)
-        n = np.maximum(cm.counts, 1)
-        top = pv.top[np.arange(len(last)), last] if cm.width else np.zeros(len(last))
-        run = pv.runner_up[np.arange(len(last)), last] if cm.width else np.zeros(len(last))
-        out["vote_margin"] = np.where(answer == MISSING, 0.0, (top - run) / n)
-    if ts.has("probe_class"):
-        out["probe_agreement"] = selection_scores(ts, "probe_agreement")[1]
-        if ts.has("probe_logprob"):
-            from stopwise.policies.single import probe_arrays
-
-            pa = probe_arrays(ts)
-            qi = np.asarray(ts.question_index, dtype=np.int64)[pa.chain]
-            final = np.asarray(ts.column("answer_class", fill=MISSING), dtype=np.int64)
-            use = (pa.klass != MISSING) & (final[pa.chain] == answer[qi]) & np.isfinite(pa.logprob)
-            if use.any():
-                tot = np.bincount(qi[use], weights=np.exp(pa.logprob[use]), minlength=ts.n_questions)
-                cnt = np.bincount(qi[use], minlength=ts.n_questions)
-                out["probe_confidence"] = np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0)
-    return out, wrong
 
 
 def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: int = 21) -> list[dict[str, Any]]:  # noqa: ANN001

@@ -394,6 +394,9 @@ def _report_per_set(traces, title: str, columns: tuple[str, ...], n_left: int, r
         _write_json(json_out, rows)
 
 
+_CASCADE_SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confidence")
+
+
 @cli.command("abstain")
 @_traces
 @_eps
@@ -458,27 +461,55 @@ def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
 
 
 @cli.command("route")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+@click.option("--data", "data_path", default=None, type=click.Path(path_type=Path),
               help="Weak/strong responses in RouteLLM's CSV layout (e.g. ../shared/data/routing/routellm_gsm8k_responses.csv).")
+@click.option("--small", "small", default=None, type=click.Path(path_type=Path), help="Trace set of the small model (with --large).")
+@click.option("--large", "large", default=None, type=click.Path(path_type=Path), help="Trace set of the large model on the same questions.")
+@click.option("--chains", default=None, type=click.IntRange(1), help="Small-model chains per question (default: all logged).")
+@click.option("--score", "scores", multiple=True, type=click.Choice(list(_CASCADE_SCORES)),
+              help="Small-model confidence scores to certify (default: every one the set feeds).")
 @_eps
 @_delta
-@click.option("--weak-cost", default=0.1, show_default=True, type=click.FloatRange(0.0), help="Weak model's price per question relative to the strong model's.")
+@click.option("--weak-cost", default=0.1, show_default=True, type=click.FloatRange(0.0),
+              help="--data: the weak model's price per question relative to the strong model's.")
+@click.option("--weak-token-price", default=0.32, show_default=True, type=click.FloatRange(0.0),
+              help="--small/--large: a small-model token's price in large-model tokens (default: 0.49B/1.54B parameters).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def route_cmd(data_path, epsilon, delta, weak_cost, json_out) -> None:  # noqa: ANN001
-    """Certify a weak-to-strong cascade on accuracy lost against always-strong; report it on held-out questions."""
+def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out) -> None:  # noqa: ANN001
+    """Certify a weak-to-strong cascade on accuracy lost against always-strong; report it on held-out questions.
+
+    Either RouteLLM-style response data (--data: a router is trained on a disjoint split) or two trace sets of a
+    small and a large model on the same questions (--small/--large: the small model's own confidence decides).
+    """
     from stopwise.routing import cascade, load_routellm
 
-    r = cascade(load_routellm(data_path), epsilon=epsilon, delta=delta, weak_cost=weak_cost)
-    status = "[green]certified[/]" if r["certified"] else "[yellow]not certified (always escalate)[/]"
-    console.print(f"{r['data']}: {r['weak']} -> {r['strong']}; router fitted on {r['n_train']} questions "
-                  f"(AUROC {r['router_auroc']:.3f} on the test half), threshold calibrated on {r['n_calibration']}")
-    console.print(f"{status} keep the weak answer when P(weak right) >= {r['threshold']:g}: {r['guarantee']}")
-    console.print(f"test half ({r['n_test']} questions): accuracy {100 * r['accuracy_cascade']:.1f}% vs always-strong "
-                  f"{100 * r['accuracy_strong']:.1f}% (loss {100 * r['accuracy_loss']:.1f} points), escalated "
-                  f"{100 * r['escalated']:.1f}%, cost {r['cost']:.3f} of always-strong (oracle router: escalates "
-                  f"{100 * r['oracle_escalated']:.1f}%, cost {r['oracle_cost']:.3f})")
+    if (data_path is None) == (small is None or large is None) or (small is None) != (large is None):
+        raise click.UsageError("give either --data CSV or both --small DIR and --large DIR")
+    if data_path is not None:
+        r = cascade(load_routellm(data_path), epsilon=epsilon, delta=delta, weak_cost=weak_cost)
+        status = "[green]certified[/]" if r["certified"] else "[yellow]not certified (always escalate)[/]"
+        console.print(f"{r['data']}: {r['weak']} -> {r['strong']}; router fitted on {r['n_train']} questions "
+                      f"(AUROC {r['router_auroc']:.3f} on the test half), threshold calibrated on {r['n_calibration']}")
+        console.print(f"{status} keep the weak answer when P(weak right) >= {r['threshold']:g}: {r['guarantee']}")
+        console.print(f"test half ({r['n_test']} questions): accuracy {100 * r['accuracy_cascade']:.1f}% vs always-strong "
+                      f"{100 * r['accuracy_strong']:.1f}% (loss {100 * r['accuracy_loss']:.1f} points), escalated "
+                      f"{100 * r['escalated']:.1f}%, cost {r['cost']:.3f} of always-strong (oracle router: escalates "
+                      f"{100 * r['oracle_escalated']:.1f}%, cost {r['oracle_cost']:.3f})")
+        if json_out:
+            _write_json(json_out, r)
+        return
+    from stopwise.cli.render import render_cascades
+    from stopwise.routing import pair_trace_sets, trace_cascade
+    from stopwise.traces import read_trace_set
+
+    pair = pair_trace_sets(read_trace_set(small), read_trace_set(large), chains=chains)
+    names = [s for s in (scores or _CASCADE_SCORES) if s in pair.scores]
+    if not names:
+        raise click.UsageError(f"none of the scores {list(scores)} is available here (available: {sorted(pair.scores)})")
+    rows = [trace_cascade(pair, score=s, epsilon=epsilon, delta=delta, weak_token_price=weak_token_price) for s in names]
+    render_cascades(console, rows)
     if json_out:
-        _write_json(json_out, r)
+        _write_json(json_out, rows)
 
 
 @cli.command("validate")

@@ -129,3 +129,22 @@ def render_anchors(console: Console, rows: list[dict[str, Any]], *, delta: float
             style = "bold" if first.get("headline") else ("dim" if first["kind"] == "oracle" else None)
             t.add_row(escape(m), first["kind"], *vals, style=style)
         console.print(t)
+
+
+def render_cascades(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Certified small-to-large cascades, one row per confidence score, on the test half."""
+    if not rows:
+        return
+    r0 = rows[0]
+    t = Table(title=f"cascade {escape(r0['data'])}: {r0['guarantee']} (test half, {r0['n_test']} questions; "
+                    f"cost in {r0['cost_unit']})", title_justify="left")
+    for col in ("score", "chains", "certified", "threshold", "AUROC", "accuracy", f"always-{r0['strong']}",
+                "escalated", "tokens small", "tokens large", "cost", "cost always-large", "oracle escalated", "oracle cost"):
+        t.add_column(col, justify="left" if col == "score" else "right")
+    for r in rows:
+        t.add_row(r["score"], str(r["chains"]), "yes" if r["certified"] else "no", f"{r['threshold']:g}",
+                  "-" if r["router_auroc"] is None else f"{r['router_auroc']:.3f}", _pct(r["accuracy_cascade"]),
+                  _pct(r["accuracy_strong"]), _pct(r["escalated"]), f"{r['tokens_weak']:.0f}",
+                  f"{r['tokens_cascade_strong']:.0f}", f"{r['cost']:.0f}", f"{r['cost_strong']:.0f}",
+                  _pct(r["oracle_escalated"]), f"{r['oracle_cost']:.0f}")
+    console.print(t)
