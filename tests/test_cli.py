@@ -108,3 +108,16 @@ def test_validate_json_rows(tmp_path):
     naive = [r for r in rows if r["policy"].startswith("naive-control") or r["policy"] == "synthetic-control:naive"]
     assert any(not r["consistent"] for r in naive)
     assert all(r["consistent"] for r in rows if r["policy"] in ("first_candidate", "answer_convergence", "token_budget", "synthetic-control:ltt"))
+
+
+def test_validate_decisions_abstain_sets_select_cascade(tmp_path):
+    out = tmp_path / "v.json"
+    r = run("validate", "--decision", "abstain", "--decision", "sets", "--decision", "select", "--decision", "cascade",
+            "--traces", bundled_path("qwen25math_math100"), "--draws", "20", "--epsilon", "0.1", "--json", out)
+    assert "guarantees in expectation" in r.stdout
+    rows = json.loads(out.read_text())
+    policies = {x.get("policy") for x in rows}
+    assert {"abstain:vote_share", "naive-control:abstain:vote_share", "cascade", "naive-control:cascade"} <= policies
+    checks = [x["check"] for x in rows if "check" in x]
+    assert any(c.startswith("answer sets") for c in checks) and any(c.startswith("selection") for c in checks)
+    assert all(x["draws"] == 20 for x in rows)

@@ -29,6 +29,7 @@ is right.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import re
 from dataclasses import dataclass
@@ -81,7 +82,8 @@ def load_routellm(path: str | Path) -> RoutingData:
     path = Path(path)
     if not path.is_file():
         raise TraceFormatError("routing data not found", path=str(path), hint="e.g. ../shared/data/routing/routellm_gsm8k_responses.csv")
-    with path.open(newline="", encoding="utf-8") as fh:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         try:
             header = next(reader)
@@ -102,7 +104,8 @@ def load_routellm(path: str | Path) -> RoutingData:
             wt.append(row[3])
             st.append(row[4])
     ids = ["q-" + hashlib.sha1(p.strip().encode("utf-8")).hexdigest()[:12] for p in prompts]
-    return RoutingData(path.stem, weak, strong, ids, prompts, wt, st, np.asarray(wok), np.asarray(sok))
+    name = path.name.removesuffix(".gz").removesuffix(".csv")
+    return RoutingData(name, weak, strong, ids, prompts, wt, st, np.asarray(wok), np.asarray(sok))
 
 
 def _response_features(texts: list[str]) -> np.ndarray:
@@ -183,7 +186,7 @@ def certify_cascade(
         "accuracy_loss": float(s.mean() - acc_curve[j]), "test_risk": float(loss[test, j].mean()),
         "escalated": float((~k[:, j]).mean()), "cost": float(cost_curve[j]), "cost_strong": strong_mean,
         "cost_weak": float(wc.mean()) if len(wc) else float("nan"),
-        "oracle_escalated": float(oracle_escalate.mean()),
+        "oracle_escalated": float(oracle_escalate.mean()), "accuracy_oracle": float((w | s).mean()),
         "oracle_cost": float((wc + np.where(oracle_escalate, sc, 0.0)).mean()) if len(wc) else float("nan"),
         "router_auroc": auroc(np.asarray(scores)[test], w),
         "curve": {"threshold": list(GRID), "accuracy": acc_curve.tolist(), "cost": cost_curve.tolist()},

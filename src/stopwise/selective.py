@@ -32,33 +32,111 @@ import numpy as np
 from stopwise.calibrate import calibrate_losses
 from stopwise.conformal import SCORES, question_scores
 from stopwise.errors import ConfigError
+from stopwise.stats.ltt import check_level
 from stopwise.stats.ranking import auroc
 from stopwise.stats.split import split_mask
 
-__all__ = ["SCORES", "question_scores", "selective_report"]
+__all__ = ["SCORES", "question_scores", "selective_report", "validate_selective"]
+
+
+def _grid(s_cal: np.ndarray, epsilon: float, delta: float, points: int) -> np.ndarray:
+    """Thresholds ascending (column 0 answers nearly everything, the last only the most confident): quantiles of the
+    calibration scores, less those answering fewer than ``n_min`` calibration questions, which could not be
+    certified even with no error (binomial tail (1 - eps)^n > delta). This looks at scores, never at labels."""
+    grid = np.unique(np.quantile(s_cal, np.linspace(0, 1, points))) if len(s_cal) else np.zeros(1)
+    n_min = int(np.ceil(np.log(delta) / np.log(1.0 - epsilon)))
+    enough = (s_cal[:, None] >= grid[None, :]).sum(axis=0) >= n_min
+    return grid[enough] if enough.any() else grid[:1]
+
+
+def _certify(answered_cal: np.ndarray, wrong_cal: np.ndarray, epsilon: float, delta: float) -> int | None:
+    """LTT on the selective risk, testing from the last column (most abstaining) towards the first;
+    the least abstaining certified column, or None."""
+    losses = (answered_cal & wrong_cal[:, None]).astype(np.float64)
+    j, _, _, _ = calibrate_losses(losses, risk="selective", epsilon=epsilon, delta=delta, method="binomial", answered=answered_cal)
+    return j
+
+
+def _naive(answered_cal: np.ndarray, wrong_cal: np.ndarray, epsilon: float) -> int | None:
+    """The negative control: the least abstaining column whose calibration selective risk is <= epsilon."""
+    n = answered_cal.sum(axis=0)
+    risk = np.where(n > 0, (answered_cal & wrong_cal[:, None]).sum(axis=0) / np.maximum(n, 1), np.inf)
+    ok = np.flatnonzero(risk <= epsilon)
+    return int(ok[0]) if len(ok) else None
+
+
+def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: int = 200, seed: int = 0,  # noqa: ANN001
+                       points: int = 21) -> list[dict[str, Any]]:
+    """The certified abstention rule over ``draws`` random calibration halves, each score with its naive control.
+
+    The whole set is the population: a draw violates when the chosen threshold's
+    selective risk over all the set's questions exceeds ``epsilon``; a draw that
+    certifies nothing answers nothing and cannot violate. The guarantee holds when
+    the violation frequency is consistent with ``<= delta`` (one-sided binomial
+    test at 1%, as for the stopping rules).
+    """
+    from scipy import stats
+
+    from stopwise.stats.validate import CONSISTENCY_LEVEL, clopper_pearson
+
+    if not ts.has("correct"):
+        raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
+    scores, wrong = question_scores(ts)
+    n = ts.n_questions
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, s in scores.items():
+        viol = {"ltt": 0, "naive": 0}
+        uncertified = {"ltt": 0, "naive": 0}
+        for _ in range(draws):
+            cal = np.zeros(n, dtype=bool)
+            cal[rng.permutation(n)[: n // 2]] = True
+            grid = _grid(s[cal], epsilon, delta, points)
+            answered = s[:, None] >= grid[None, :]
+            pop_risk = (answered & wrong[:, None]).sum(axis=0) / np.maximum(answered.sum(axis=0), 1)
+            for kind, j in (("ltt", _certify(answered[cal], wrong[cal], epsilon, delta)),
+                            ("naive", _naive(answered[cal], wrong[cal], epsilon))):
+                if j is None:
+                    uncertified[kind] += 1
+                elif pop_risk[j] > epsilon:
+                    viol[kind] += 1
+        for kind, label in (("ltt", f"abstain:{name}"), ("naive", f"naive-control:abstain:{name}")):
+            lo, hi = clopper_pearson(viol[kind], draws, 0.05)
+            p = float(stats.binomtest(viol[kind], draws, delta, alternative="greater").pvalue)
+            freq, consistent = viol[kind] / draws, p > CONSISTENCY_LEVEL
+            rows.append({
+                "trace_set": ts.name, "policy": label, "risk": "selective", "epsilon": epsilon, "delta": delta,
+                "n_calibration": n // 2, "draws": draws, "violation_frequency": freq, "ci_low": float(lo), "ci_high": float(hi),
+                "consistent": consistent, "p_value": p, "uncertified_draws": uncertified[kind], "method": "binomial",
+            })
+    return rows
+
+
+def _risk_coverage(score: np.ndarray, wrong: np.ndarray) -> dict[str, list[float]]:
+    """The whole risk-coverage curve: answering the k most confident questions, for every k that ends a tie group."""
+    if len(score) == 0:
+        return {"coverage": [], "risk": []}
+    order = np.argsort(-score, kind="stable")
+    ss, ww = score[order], wrong[order].astype(np.float64)
+    k = np.arange(1, len(ss) + 1)
+    ends = np.r_[ss[1:] != ss[:-1], True]
+    return {"coverage": (k / len(ss))[ends].tolist(), "risk": (np.cumsum(ww) / k)[ends].tolist()}
 
 
 def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: int = 21) -> list[dict[str, Any]]:  # noqa: ANN001
     """One row per score: AUROC, risk-coverage curve and the certified threshold, on the test half."""
     if not ts.has("correct"):
         raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
+    check_level(epsilon, "epsilon")
+    check_level(delta, "delta")
     scores, wrong = question_scores(ts)
     cal = split_mask(ts.questions.column("question_id").to_pylist())
     test = ~cal
     rows = []
     for name, s in scores.items():
-        # thresholds ascending: column 0 answers (nearly) everything, the last one only the most confident;
-        # calibrate_losses tests from the last column towards the first and returns the least abstaining it certifies
-        grid = np.unique(np.quantile(s[cal], np.linspace(0, 1, points))) if cal.any() else np.zeros(1)
-        # a threshold answering fewer than n_min calibration questions could not be certified even with no error
-        # (binomial tail (1 - eps)^n > delta): leave it out of the sequence. This looks at scores, never at labels.
-        n_min = int(np.ceil(np.log(delta) / np.log(1.0 - epsilon)))
-        enough = (s[cal][:, None] >= grid[None, :]).sum(axis=0) >= n_min
-        grid = grid[enough] if enough.any() else grid[:1]
+        grid = _grid(s[cal], epsilon, delta, points)
         answered = s[:, None] >= grid[None, :]
-        losses = (answered & wrong[:, None]).astype(np.float64)
-        j, _, _, _ = calibrate_losses(losses[cal], risk="selective", epsilon=epsilon, delta=delta,
-                                      method="binomial", answered=answered[cal])
+        j = _certify(answered[cal], wrong[cal], epsilon, delta)
         ans_t = answered[test]
         cov = ans_t.mean(axis=0)
         risk = np.where(ans_t.sum(axis=0) > 0, (ans_t & wrong[test][:, None]).sum(axis=0) / np.maximum(ans_t.sum(axis=0), 1), 0.0)
@@ -68,6 +146,7 @@ def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: i
             "coverage": 0.0 if j is None else float(cov[j]), "selective_risk": 0.0 if j is None else float(risk[j]),
             "error_all": float(wrong[test].mean()) if test.any() else float("nan"),
             "curve": {"coverage": cov.tolist(), "risk": risk.tolist()},
+            "full_curve": _risk_coverage(s[test], wrong[test]),
             "n_calibration": int(cal.sum()), "n_test": int(test.sum()),
         })
     return rows

@@ -208,10 +208,17 @@ def _write_json(path: Path, obj: Any) -> None:
 @click.option("--chain-mode", default="mean", show_default=True, type=click.Choice(["mean", "draw"]), help="Single-chain families on multi-chain sets: a question's loss is the mean over its chains (Hoeffding-Bentkus) or one chain drawn per question (binomial).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the rows as JSON.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None, help="Write an HTML report with Pareto plots here.")
+@click.option("--alpha", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Miscoverage of the conformal answer-set rows.")
+@click.option("--q", "q", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Target FDR of the conformal selection rows.")
+@click.option("--decisions/--no-decisions", default=True, show_default=True,
+              help="Also report abstention, answer sets, selection and cascades (cascades: on the bundled pairs and "
+                   "routing data when no --traces is given).")
 @click.option("--compare", type=click.Choice(["anchors"]), default=None,
               help="anchors: the published rules over their own grids (best in hindsight, and certified) against stopwise's "
                    "certified policies and the oracle, at epsilon 0.01/0.02/0.05/0.1 (see benchmarks/anchors.py).")
-def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out, report_dir, compare) -> None:  # noqa: ANN001
+def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out, report_dir, alpha, q, decisions, compare) -> None:  # noqa: ANN001
     """Calibrate every applicable policy family per set and report certified savings on held-out questions."""
     from rich.progress import Progress
 
@@ -244,14 +251,48 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
             benches.append(sb)
             progress.advance(task)
     render_bench(console, benches, risk=risk, epsilon=epsilon, delta=delta)
+    drows: list[dict[str, Any]] = []
+    if decisions:
+        drows = _bench_decisions(sets, bundled=not traces, epsilon=epsilon, delta=delta, alpha=alpha, q=q)
     if json_out:
         _write_json(json_out, [r.to_dict() for sb in benches for r in sb.rows])
         console.print(f"rows written to {json_out}")
+        if drows:
+            dpath = json_out.with_name(json_out.stem + "_decisions.json")
+            _write_json(dpath, drows)
+            console.print(f"decision rows written to {dpath}")
     if report_dir:
         from stopwise.report.html import write_report
 
-        path = write_report(benches, report_dir)
+        images = []
+        if drows:
+            from stopwise.decisions import plot_decisions
+
+            images = plot_decisions(drows, report_dir)
+        path = write_report(benches, report_dir, decisions=drows, images=[p.name for p in images])
         console.print(f"report written to {path}")
+
+
+def _bench_decisions(sets: list, *, bundled: bool, epsilon: float, delta: float, alpha: float, q: float) -> list[dict[str, Any]]:
+    from rich.progress import Progress
+
+    from stopwise.cli.render import render_decisions
+    from stopwise.data import bundled_cascade_pairs, bundled_routing_paths
+    from stopwise.decisions import decision_rows
+    from stopwise.traces import read_trace_set
+
+    by_name = {ts.name: ts for ts in sets}
+    pairs = []
+    if bundled:
+        for s, lg in bundled_cascade_pairs():
+            pairs.append((by_name.get(s.name) or read_trace_set(s), by_name.get(lg.name) or read_trace_set(lg)))
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("decisions", total=None)
+        rows = decision_rows(sets, epsilon=epsilon, delta=delta, alpha=alpha, q=q, cascade_pairs=pairs,
+                             routing_paths=bundled_routing_paths() if bundled else [],
+                             progress=lambda msg: progress.update(task, description=msg))
+    render_decisions(console, rows, epsilon=epsilon, delta=delta, alpha=alpha, q=q)
+    return rows
 
 
 _settings_from = click.option(
@@ -514,26 +555,87 @@ def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost
 
 @cli.command("validate")
 @_traces
-@click.option("--policy", "policies", multiple=True, help="Only these families.")
+@click.option("--decision", "decisions", multiple=True, default=("stop",), show_default=True,
+              type=click.Choice(["stop", "abstain", "sets", "select", "cascade", "all"]),
+              help="What to check: stopping rules (the policy families), abstention, conformal answer sets, "
+                   "conformal selection, cascades (repeatable; all = every one).")
+@click.option("--policy", "policies", multiple=True, help="Only these families (--decision stop).")
 @click.option("--risk", default="disagreement", show_default=True, type=click.Choice(["disagreement", "accuracy"]))
 @_eps
 @_delta
+@click.option("--alpha", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="--decision sets: miscoverage.")
+@click.option("--q", "q", default=0.1, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="--decision select: target FDR.")
+@click.option("--small", default=None, type=click.Path(path_type=Path), help="--decision cascade: the small model's trace set (with --large).")
+@click.option("--large", default=None, type=click.Path(path_type=Path), help="--decision cascade: the large model's trace set.")
+@click.option("--routing-data", "routing_data", default=None, type=click.Path(path_type=Path),
+              help="--decision cascade: RouteLLM-layout responses (default: the bundled pairs and routing data).")
 @_seed
 @click.option("--draws", default=500, show_default=True, type=click.IntRange(10))
 @click.option("--n-calibration", default=None, type=click.IntRange(1), help="Questions per calibration draw (default: half the set).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def validate_cmd(traces, policies, risk, epsilon, delta, seed, draws, n_calibration, json_out) -> None:  # noqa: ANN001
-    """Check the calibrator empirically: violation frequency over many calibration draws vs delta."""
-    from stopwise.bench import validate_controls, validate_set
-    from stopwise.cli.render import render_validate
+def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, small, large, routing_data, seed, draws,  # noqa: ANN001
+                 n_calibration, json_out) -> None:
+    """Check the guarantees empirically over many random calibration draws, each beside a negative control.
 
-    rows = []
-    for ts in _load_sets(traces):
-        rows += validate_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n_calibration, draws=draws, seed=seed)
-    rows += validate_controls(epsilon=epsilon, delta=delta, draws=draws, seed=seed)
-    render_validate(console, rows)
+    Risk guarantees (stopping, abstention, cascades): how often the chosen setting's population risk exceeds
+    epsilon, against delta. Expectation guarantees (answer sets, selection): the mean coverage or FDP over draws.
+    """
+    from stopwise.cli.render import render_validate, render_validate_marginal
+
+    chosen = {"stop", "abstain", "sets", "select", "cascade"} if "all" in decisions else set(decisions)
+    if (small is None) != (large is None):
+        raise click.UsageError("give --small and --large together")
+    rows: list[dict[str, Any]] = []
+    marginal: list[dict[str, Any]] = []
+    sets = _load_sets(traces) if chosen - {"cascade"} else []
+    if "stop" in chosen:
+        from stopwise.bench import validate_controls, validate_set
+
+        for ts in sets:
+            rows += validate_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n_calibration, draws=draws, seed=seed)
+        rows += validate_controls(epsilon=epsilon, delta=delta, draws=draws, seed=seed)
+    labeled = [ts for ts in sets if ts.has("correct")]
+    if "abstain" in chosen:
+        from stopwise.selective import validate_selective
+
+        for ts in labeled:
+            rows += validate_selective(ts, epsilon=epsilon, delta=delta, draws=draws, seed=seed)
+    if "sets" in chosen or "select" in chosen:
+        from stopwise.conformal import validate_selection, validate_sets
+
+        for ts in labeled:
+            if "sets" in chosen:
+                marginal.append({"check": f"answer sets (lac), coverage >= {1 - alpha:g}", **validate_sets(ts, alpha=alpha, draws=draws, seed=seed)})
+            if "select" in chosen:
+                marginal.append({"check": f"selection, FDR <= {q:g}", **validate_selection(ts, q=q, draws=draws, seed=seed)})
+    if "cascade" in chosen:
+        rows += _validate_cascades(small, large, routing_data, epsilon=epsilon, delta=delta, draws=draws, seed=seed)
+    if rows:
+        render_validate(console, rows)
+    if marginal:
+        render_validate_marginal(console, marginal)
     if json_out:
-        _write_json(json_out, rows)
+        _write_json(json_out, rows + marginal)
+
+
+def _validate_cascades(small, large, routing_data, **kw: Any) -> list[dict[str, Any]]:  # noqa: ANN001
+    from stopwise.data import bundled_cascade_pairs, bundled_routing_paths
+    from stopwise.routing import load_routellm, pair_trace_sets, validate_cascade, validate_trace_cascade
+    from stopwise.traces import read_trace_set
+
+    pairs = [(small, large)] if small is not None else ([] if routing_data is not None else bundled_cascade_pairs())
+    data = [routing_data] if routing_data is not None else ([] if small is not None else bundled_routing_paths())
+    rows: list[dict[str, Any]] = []
+    for s, lg in pairs:
+        pair = pair_trace_sets(read_trace_set(s), read_trace_set(lg))
+        for score in _CASCADE_SCORES:
+            if score in pair.scores:
+                rows += validate_trace_cascade(pair, score=score, **kw)
+    for d in data:
+        rows += validate_cascade(load_routellm(d), **kw)
+    return rows
 
 
 def _load_sets(dirs: tuple[Path, ...] | list[Path]) -> list:

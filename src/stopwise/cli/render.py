@@ -148,3 +148,47 @@ def render_cascades(console: Console, rows: list[dict[str, Any]]) -> None:
                   f"{r['tokens_cascade_strong']:.0f}", f"{r['cost']:.0f}", f"{r['cost_strong']:.0f}",
                   _pct(r["oracle_escalated"]), f"{r['oracle_cost']:.0f}")
     console.print(t)
+
+
+def render_validate_marginal(console: Console, rows: list[dict[str, Any]]) -> None:
+    """Expectation guarantees (answer-set coverage, selection FDR): the mean over draws with a 99% bound, and the control."""
+    t = Table(title="stopwise validate: guarantees in expectation (mean over calibration draws, 99% bound)", title_justify="left")
+    for col in ("trace set", "check", "draws", "mean", "99% bound", "consistent", "control", "control consistent"):
+        t.add_column(col, justify="left" if col in ("trace set", "check") else "right")
+    for r in rows:
+        if "mean_coverage" in r:
+            mean, bound, control = r["mean_coverage"], r["coverage_ci_high"], r["control_top1_coverage"]
+        else:
+            mean, bound, control = r["fdr"], r["fdr_ci_low"], r["control_fdr"]
+        t.add_row(r["trace_set"], r["check"], str(r["draws"]), f"{mean:.3f}", f"{bound:.3f}", _f(r["consistent"]),
+                  f"{control:.3f}", _f(r["control_consistent"]))
+    console.print(t)
+    console.print("controls: answer sets against the majority answer alone (no calibration); selection against releasing every answer")
+
+
+def render_decisions(console: Console, rows: list[dict[str, Any]], *, epsilon: float, delta: float, alpha: float, q: float) -> None:
+    """The decision rows of ``stopwise bench``: one line each, its headline figure in words."""
+    if not rows:
+        return
+    t = Table(title=f"decisions on the test half: abstention and cascades at epsilon {epsilon} (delta {delta}), "
+                    f"answer sets at alpha {alpha}, selection at FDR {q}", title_justify="left")
+    for col in ("kind", "data", "method", "certified", "result", "oracle / reference"):
+        t.add_column(col, justify="left")
+    for r in rows:
+        k = r["kind"]
+        if k == "abstention":
+            res = (f"coverage {_pct(r['coverage'])} at error {_pct(r['selective_risk'])}"
+                   + (f", AUROC {r['auroc']:.3f}" if r["auroc"] is not None else ""))
+            ref = f"error if all answered {_pct(r['error_all'])}"
+        elif k == "answer_sets":
+            res = f"coverage {r['coverage']:.3f}, mean size {r['mean_size']:.2f}, singletons {_pct(r['singleton_share'])}"
+            ref = f"'none of these' in {_pct(r['none_share'])}"
+        elif k == "selection":
+            res = f"released {_pct(r['released_share'])}, FDP {r['fdp']:.3f}"
+            ref = f"accuracy of all {_pct(r['accuracy_all'])}"
+        else:
+            res = (f"accuracy {_pct(r['accuracy_cascade'])} vs large {_pct(r['accuracy_strong'])}, escalated {_pct(r['escalated'])}, "
+                   f"cost {r['cost'] / r['cost_strong']:.2f} of always-large")
+            ref = f"oracle: escalates {_pct(r['oracle_escalated'])}, cost {r['oracle_cost'] / r['cost_strong']:.2f}"
+        t.add_row(k, escape(r["data"]), escape(r["method"]), "yes" if r["certified"] else "no", res, ref)
+    console.print(t)

@@ -21,3 +21,20 @@ def bundled_path(name: str) -> Path:
     if not (p / "manifest.json").is_file():
         raise UnknownNameError("bundled trace set", name, [q.name for q in bundled_paths()])
     return p
+
+
+ROUTING_DIR = Path(__file__).parent / "routing"
+
+# (small, large): bundled sets of two models on the same questions, for certified cascades
+BUNDLED_CASCADES = (("gsm8k_qwen05", "gsm8k_qwen15"),)
+
+
+def bundled_routing_paths() -> list[Path]:
+    """Weak/strong response files in RouteLLM's layout bundled with the package (see data/routing/README.md)."""
+    return sorted(ROUTING_DIR.glob("*.csv.gz")) if ROUTING_DIR.is_dir() else []
+
+
+def bundled_cascade_pairs() -> list[tuple[Path, Path]]:
+    """The bundled (small, large) trace-set pairs whose sets are both present."""
+    return [(BUNDLED_DIR / s, BUNDLED_DIR / lg) for s, lg in BUNDLED_CASCADES
+            if (BUNDLED_DIR / s / "manifest.json").is_file() and (BUNDLED_DIR / lg / "manifest.json").is_file()]

@@ -48,7 +48,8 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def write_report(benches: list[Any], out: Path, *, title: str = "stopwise bench") -> Path:
+def write_report(benches: list[Any], out: Path, *, title: str = "stopwise bench", decisions: list[dict[str, Any]] | None = None,
+                 images: list[str] | None = None) -> Path:
     """Write ``out/index.html`` (plots as PNG beside it) and return its path."""
     out.mkdir(parents=True, exist_ok=True)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -69,6 +70,17 @@ def write_report(benches: list[Any], out: Path, *, title: str = "stopwise bench"
         parts.append("</table>")
         if sb.skipped:
             parts.append("<p>Not applicable: " + "; ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in sb.skipped.items()) + "</p>")
+    if decisions:
+        parts.append("<h2>Abstention, answer sets, selection, cascades</h2>")
+        for name in images or []:
+            parts.append(f"<img src='{html.escape(name)}' alt='{html.escape(name)}'><br>")
+        dkeys = ["kind", "data", "method", "certified", "guarantee", "n_calibration", "n_test"]
+        parts.append("<table><tr>" + "".join(f"<th>{k}</th>" for k in dkeys) + "<th>figures</th></tr>")
+        for d in decisions:
+            figs = {k: v for k, v in d.items() if k not in dkeys and k != "curve"}
+            parts.append("<tr>" + "".join(f"<td>{_fmt(d.get(k))}</td>" for k in dkeys)
+                         + f"<td style='text-align:left'>{', '.join(f'{k} {_fmt(v)}' for k, v in figs.items())}</td></tr>")
+        parts.append("</table>")
     parts.append("<h2>Rows (JSON)</h2><pre>" + html.escape(json.dumps([r.to_dict() for sb in benches for r in sb.rows], indent=1)) + "</pre>")
     parts.append("</body></html>")
     path = out / "index.html"

@@ -210,7 +210,8 @@ def check_losses(losses: Any, *, bound: float = 1.0, name: str = "losses") -> np
     return arr
 
 
-def _check_level(value: Any, name: str) -> float:
+def check_level(value: Any, name: str) -> float:
+    """``value`` as a float strictly inside (0, 1), else a ConfigError naming ``name``."""
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:
@@ -324,8 +325,8 @@ def learn_then_test(
     (1, True)
     """
     arr = check_losses(losses)
-    epsilon = _check_level(epsilon, "epsilon")
-    delta = _check_level(delta, "delta")
+    epsilon = check_level(epsilon, "epsilon")
+    delta = check_level(delta, "delta")
     k_policies = _check_k(k_policies)
     if method not in PVALUE_METHODS:
         raise UnknownNameError("p-value method", str(method), PVALUE_METHODS)

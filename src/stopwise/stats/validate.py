@@ -43,7 +43,7 @@ import numpy as np
 from scipy import stats
 
 from stopwise.errors import ConfigError
-from stopwise.stats.ltt import _check_level, check_losses, learn_then_test
+from stopwise.stats.ltt import check_level, check_losses, learn_then_test
 from stopwise.stats.pvalues import clopper_pearson
 
 __all__ = [
@@ -189,8 +189,8 @@ def validate_calibrator(
     draws = _check_positive_int(draws, "draws")
     if not callable(calibrate):
         raise ConfigError(f"calibrate must be callable; got {type(calibrate).__name__}")
-    epsilon = _check_level(epsilon, "epsilon")
-    delta = _check_level(delta, "delta")
+    epsilon = check_level(epsilon, "epsilon")
+    delta = check_level(delta, "delta")
 
     true_risks = pop.mean(axis=0)
     exceeds = true_risks > epsilon
@@ -257,7 +257,7 @@ def naive_calibrator(epsilon: float) -> Calibrator:
     >>> naive_calibrator(0.1)(np.array([[0.0, 0.1, 0.5], [0.0, 0.1, 0.0]]))
     1
     """
-    eps = _check_level(epsilon, "epsilon")
+    eps = check_level(epsilon, "epsilon")
 
     def calibrate(losses: np.ndarray) -> int | None:
         ok = np.flatnonzero(np.asarray(losses, dtype=float).mean(axis=0) <= eps)
@@ -295,8 +295,8 @@ def ltt_calibrator(
     >>> ltt_calibrator(0.1, 0.1)(np.zeros((60, 4)))
     3
     """
-    eps = _check_level(epsilon, "epsilon")
-    dlt = _check_level(delta, "delta")
+    eps = check_level(epsilon, "epsilon")
+    dlt = check_level(delta, "delta")
     # Fail now, not on the first draw, for a bad method or k_policies.
     learn_then_test(np.zeros((1, 1)), eps, dlt, method=method, k_policies=k_policies)
 
