@@ -118,3 +118,29 @@ def test_trace_cascade_certifies_and_reports_costs():
     assert r["oracle_escalated"] <= 1 - r["accuracy_weak"]
     with pytest.raises(Exception, match="not available"):
         trace_cascade(pair, score="nope")
+
+
+def test_cascade_policy_file_loads_in_the_server_and_refuses_when_nothing_is_certified(tmp_path):
+    import json
+
+    from stopwise.errors import ConfigError
+    from stopwise.routing import cascade_policy
+    from stopwise.server.app import load_policy
+    from stopwise.traces.synthetic import synthetic_trace_set
+
+    small, large = _synthetic_pair(400)
+    doc = cascade_policy(small, large, chains=4, epsilon=0.2)
+    assert doc["family"] == "vote_margin_abstain" and doc["risk"] == "accuracy_loss_vs_large"
+    assert doc["certificate"]["certified"] and doc["cascade"]["chains"] == 4
+    assert doc["threshold"] == doc["grid"][doc["index"]]
+    assert doc["cascade"]["tested_sequence"][doc["certificate"]["index"]] == doc["threshold"]
+    path = tmp_path / "cascade.json"
+    path.write_text(json.dumps(doc))
+    lp = load_policy(str(path))
+    assert lp.family.name == "vote_margin_abstain" and lp.threshold == doc["threshold"] and lp.epsilon == 0.2
+    with pytest.raises(ConfigError, match="needs at least 2"):
+        cascade_policy(small, large, chains=1)
+    # a large model that is always right and a small one that is mostly wrong: every kept answer risks a loss
+    always_right = synthetic_trace_set(400, 1, p_correct=1.0, p_missing=0.0, seed=4)
+    with pytest.raises(ConfigError, match="always escalating is the only safe rule"):
+        cascade_policy(synthetic_trace_set(400, 4, p_correct=0.05, seed=3), always_right, chains=2, epsilon=0.01)

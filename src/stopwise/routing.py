@@ -44,7 +44,7 @@ from stopwise.stats.ranking import auroc
 from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
 
 __all__ = [
-    "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "certify_cascade", "load_routellm", "pair_trace_sets",
+    "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "cascade_policy", "certify_cascade", "load_routellm", "pair_trace_sets",
     "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
 ]
 
@@ -349,3 +349,51 @@ def validate_trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05
         v = validate_calibrator(loss, n, draws, cal, epsilon, delta, seed=seed)
         rows.append(validation_row(v, trace_set=pair.name, policy=label, risk="accuracy loss vs strong", method="binomial"))
     return rows
+
+
+def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: float = 0.1) -> dict[str, Any]:  # noqa: ANN001
+    """A policy file that serves the certified small-to-large cascade with ``stopwise serve --escalate-to``.
+
+    The rule runs on the small model as the ``vote_margin_abstain`` family over
+    ``chains`` chains: it keeps the small model's vote when the margin reaches
+    the threshold and otherwise abstains, which the server turns into an
+    escalation. The threshold is certified on the pair's calibration half over
+    the family's own grid, tested from the safe end (always escalate) down, on
+    the accuracy lost against always asking the large model. Raises when no
+    threshold is certified (then serve the large model alone).
+    """
+    from stopwise.calibrate import Calibration, policy_file
+    from stopwise.policies.registry import get_family
+
+    if chains < 2:
+        raise ConfigError("a served cascade decides on the vote margin, which needs at least 2 small-model chains",
+                          hint="pass --chains 2 or more")
+    pair = pair_trace_sets(small, large, chains=chains)
+    fam = get_family("vote_margin_abstain")
+    fam_grid = [float(x) for x in fam.grid]
+    # safe end first: a threshold above every margin keeps nothing (always escalate)
+    grid = [float("inf"), *sorted(fam_grid, reverse=True)]
+    calib = split_mask(pair.question_ids)
+    kept = pair.scores["vote_margin"][:, None] >= np.asarray(grid)[None, :]
+    lost = (~pair.weak_ok & pair.strong_ok)[:, None]
+    loss = (kept & lost).astype(np.float64)
+    index, cert, p, risks = calibrate_losses(loss[calib], risk="accuracy", epsilon=epsilon, delta=delta, method="binomial")
+    if index is None or index == 0:
+        raise ConfigError(f"no keep-threshold of the cascade {pair.name} is certified at epsilon {epsilon} (delta {delta}) "
+                          f"on {int(calib.sum())} calibration questions: always escalating is the only safe rule",
+                          hint="serve the large model alone, or certify at a larger epsilon or on more questions")
+    threshold = grid[index]
+    small_k = subset_trace_set(small, pair.question_ids, chains)
+    cal = Calibration(fam.name, "accuracy_loss_vs_large", fam_grid.index(threshold), threshold, cert, p, risks)
+    doc = policy_file(fam, cal, small_k, risk="accuracy_loss_vs_large", chain_mode="question")
+    doc["cascade"] = {
+        "small": small.name, "large": large.name, "chains": chains, "score": "vote_margin",
+        "large_model": large.provenance.model, "large_model_sha256": large.provenance.model_sha256,
+        "guarantee": f"accuracy loss vs always-{large.name} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test, "
+                     f"binomial, fixed sequence from always-escalate), when the server runs {chains} chains "
+                     f"(--max-chains {chains}) and escalates abstentions to the large model (--escalate-to)",
+        "calibration_questions": int(calib.sum()),
+        # the certificate's index counts along this sequence (the family's index is the doc's "index")
+        "tested_sequence": ["always escalate", *grid[1:]],
+    }
+    return doc

@@ -516,7 +516,10 @@ def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
 @click.option("--weak-token-price", default=0.32, show_default=True, type=click.FloatRange(0.0),
               help="--small/--large: a small-model token's price in large-model tokens (default: 0.49B/1.54B parameters).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out) -> None:  # noqa: ANN001
+@click.option("--write-policy", "policy_out", type=click.Path(path_type=Path), default=None,
+              help="--small/--large: write a policy file serving the certified vote-margin cascade over --chains chains "
+                   "(stopwise serve --policy FILE --max-chains K --escalate-to LARGE).")
+def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out, policy_out) -> None:  # noqa: ANN001
     """Certify a weak-to-strong cascade on accuracy lost against always-strong; report it on held-out questions.
 
     Either RouteLLM-style response data (--data: a router is trained on a disjoint split) or two trace sets of a
@@ -551,6 +554,14 @@ def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost
     render_cascades(console, rows)
     if json_out:
         _write_json(json_out, rows)
+    if policy_out:
+        from stopwise.routing import cascade_policy
+
+        doc = cascade_policy(read_trace_set(small), read_trace_set(large), chains=chains or pair.chains, epsilon=epsilon, delta=delta)
+        _write_json(policy_out, doc)
+        console.print(f"policy written to {policy_out}: keep the small model's vote when its margin over {doc['cascade']['chains']} "
+                      f"chains is >= {doc['threshold']:g}, else escalate; serve it with: stopwise serve --policy {policy_out} "
+                      f"--max-chains {doc['cascade']['chains']} --escalate-to <large model>")
 
 
 @cli.command("validate")
