@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from stopwise import __version__
 from stopwise.errors import StopwiseError
@@ -498,6 +499,36 @@ def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
                    f"{r['test_fdp']:.3f}", f"{100 * r['accuracy_all']:.1f}%"),
         json_out,
         "guarantee: FDR <= q in expectation over calibration and test draws (marginal, not per batch)",
+    )
+
+
+@cli.command("budget")
+@_traces
+@click.option("--cap", required=True, type=click.FloatRange(0.0, min_open=True), help="Most tokens per question on average (generated + probe).")
+@_delta
+@click.option("--policy", "policies", multiple=True, help="Only these families (default: every applicable one).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
+    """Budget mode: the most accurate policy setting whose mean tokens per question is certified under --cap."""
+    from stopwise.budget import budget_report
+
+    def cells(r: dict[str, Any]) -> tuple[str, ...]:
+        h, u, e = r.get("hindsight"), r["uncapped_best"], r.get("estimated")
+
+        def fig(x: dict[str, Any] | None) -> str:
+            return "-" if x is None else f"{100 * x['accuracy']:.1f}% ({x['mean_cost']:.0f})"
+
+        chosen = None if r["chosen"] is None else {"accuracy": r["accuracy"], "mean_cost": r["mean_cost"]}
+        return (f"{r['admissible']}/{r['candidates']}", escape(r["chosen"] or "none admissible"), fig(chosen),
+                escape(e["setting"]) if e else "-", fig(e), fig(h), fig(u))
+
+    _report_per_set(
+        traces, f"budget mode: mean tokens per question <= {cap:g} (certified at delta {delta}), most accurate on calibration; test half",
+        ("trace set", "admissible", "certified choice", "accuracy (tokens)", "plug-in choice (no bound)", "accuracy (tokens)",
+         "best in hindsight under cap", "best in hindsight, no cap"), 2,
+        lambda ts: [budget_report(ts, cap=cap, delta=delta, families=list(policies) or None)], cells, json_out,
+        "admissible: the mean cost is certified under the cap (Hoeffding-Bentkus, Bonferroni over the settings); accuracy is "
+        "estimated; the plug-in choice only needs its calibration mean under the cap and may exceed it",
     )
 
 

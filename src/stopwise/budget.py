@@ -1,0 +1,125 @@
+"""Budget mode: the most accurate policy setting whose mean cost per question stays under a cap.
+
+The candidates are every setting of every applicable policy family (a family's
+grid point), each run per question: multi-chain families on all of a question's
+chains, single-chain families on its first chain. Cost is generated plus probe
+tokens per question.
+
+On the calibration half, a setting is admissible when its mean cost is certified
+below the cap: the Hoeffding-Bentkus p-value of "mean cost / B > cap / B", with
+B the largest per-question cost of any candidate on the calibration half, is at
+most ``delta / m`` for ``m`` candidates (Bonferroni), so with probability at
+least ``1 - delta`` every admissible setting's expected cost is within the cap.
+Among the admissible settings the one with the highest calibration accuracy is
+chosen (ties: the cheaper). Accuracy is estimated, not guaranteed. With few
+calibration questions the bound is loose (Hoeffding-Bentkus on costs scaled by
+B), so the report also gives the plug-in choice (calibration mean cost under
+the cap, no confidence bound), marked as an estimate. The test half
+reports the chosen setting's accuracy and mean cost, beside the best setting in
+hindsight on the test half under the same cap and the most accurate setting
+with no cap.
+
+Families that train a model (``learned_exit``, ``combined``) lose their training
+questions from calibration, as everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stopwise.errors import ConfigError, UnsupportedError
+from stopwise.policies.base import MISSING
+from stopwise.policies.registry import family_names, prepare_family
+from stopwise.stats.ltt import check_level
+from stopwise.stats.pvalues import hb_pvalue
+from stopwise.stats.split import split_mask
+
+__all__ = ["budget_candidates", "budget_report"]
+
+
+def budget_candidates(ts, families: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    """``(names, cost, correct, excluded)``: per candidate setting (C) and question (Q), cost (Q, C) and correctness
+    (Q, C); ``excluded`` marks questions a trained family saw (Q,)."""
+    if not ts.has("correct"):
+        raise ConfigError(f"trace set '{ts.name}' has no labels (correct); budget mode maximizes accuracy")
+    names: list[str] = []
+    costs, corrects = [], []
+    excluded = np.zeros(ts.n_questions, dtype=bool)
+    for name in families or family_names():
+        try:
+            fam = prepare_family(name, ts)
+        except (UnsupportedError, ConfigError):
+            continue
+        if fam.supports(ts):
+            continue
+        res = fam.replay(ts)
+        trained = fam.training_mask(ts)
+        if trained is not None:
+            excluded |= np.asarray(trained, dtype=bool)
+        uq = np.asarray(res.unit_question)
+        first = np.r_[True, uq[1:] != uq[:-1]] if len(uq) else np.zeros(0, bool)
+        rows = np.flatnonzero(first)
+        if len(rows) != ts.n_questions:
+            continue
+        ref = np.asarray(res.correct_class)[rows][:, None]
+        ok = (res.answer[rows] == ref) & ~res.abstained[rows] & (ref != MISSING)
+        cost = res.cost[rows].astype(np.float64)
+        for j, v in enumerate(np.asarray(res.grid).tolist()):
+            names.append(f"{name} {fam.knob}={v:g}" + ("" if res.unit == "question" else " (first chain)"))
+            costs.append(cost[:, j])
+            corrects.append(ok[:, j])
+    if not names:
+        raise UnsupportedError(f"no policy family runs on trace set '{ts.name}'")
+    return names, np.stack(costs, axis=1), np.stack(corrects, axis=1), excluded
+
+
+def budget_report(ts, *, cap: float, delta: float = 0.1, families: list[str] | None = None) -> dict[str, Any]:  # noqa: ANN001
+    """Choose the setting on the calibration half and report it on the test half (see the module docstring)."""
+    check_level(delta, "delta")
+    if not cap > 0:
+        raise ConfigError(f"cap must be a positive number of tokens per question; got {cap!r}")
+    names, cost, correct, excluded = budget_candidates(ts, families)
+    calib = split_mask(ts.questions.column("question_id").to_pylist())
+    test = ~calib
+    cal = calib & ~excluded
+    n = int(cal.sum())
+    if n == 0:
+        raise ConfigError(f"trace set '{ts.name}' has no calibration questions")
+    bound = float(cost[cal].max()) if cost[cal].size else 1.0
+    bound = max(bound, 1.0)
+    m = len(names)
+    mean_cal = cost[cal].mean(axis=0)
+    acc_cal = correct[cal].mean(axis=0)
+    if cap >= bound:
+        pvals = np.zeros(m)
+    else:
+        pvals = np.asarray(hb_pvalue(mean_cal / bound, n, cap / bound), dtype=np.float64)
+    admissible = pvals <= delta / m
+    mean_test, acc_test = cost[test].mean(axis=0), correct[test].mean(axis=0)
+    out: dict[str, Any] = {
+        "trace_set": ts.name, "cap": cap, "delta": delta, "candidates": m, "n_calibration": n, "n_test": int(test.sum()),
+        "bound": bound, "admissible": int(admissible.sum()),
+        "guarantee": f"mean cost per question <= {cap:g} tokens with probability >= {1 - delta} for every admissible setting "
+                     f"(Hoeffding-Bentkus, Bonferroni over {m} settings, costs bounded by {bound:g}, the largest seen in calibration)",
+        "chosen": None, "accuracy": None, "mean_cost": None,
+    }
+    if admissible.any():
+        idx = np.flatnonzero(admissible)
+        best = idx[np.lexsort((mean_cal[idx], -acc_cal[idx]))[0]]
+        out.update(chosen=names[best], accuracy=float(acc_test[best]), mean_cost=float(mean_test[best]),
+                   calibration_accuracy=float(acc_cal[best]), calibration_cost=float(mean_cal[best]))
+    # the plug-in choice: calibration mean cost under the cap, no confidence bound (an estimate, no guarantee)
+    plug = np.flatnonzero(mean_cal <= cap)
+    if len(plug):
+        e = plug[np.lexsort((mean_cal[plug], -acc_cal[plug]))[0]]
+        out["estimated"] = {"setting": names[e], "accuracy": float(acc_test[e]), "mean_cost": float(mean_test[e]),
+                            "note": "calibration mean cost <= cap, no confidence bound: the cap may be exceeded"}
+    under = np.flatnonzero(mean_test <= cap)
+    if len(under):
+        h = under[np.lexsort((mean_test[under], -acc_test[under]))[0]]
+        out["hindsight"] = {"setting": names[h], "accuracy": float(acc_test[h]), "mean_cost": float(mean_test[h])}
+    top = int(np.lexsort((mean_test, -acc_test))[0])
+    out["uncapped_best"] = {"setting": names[top], "accuracy": float(acc_test[top]), "mean_cost": float(mean_test[top])}
+    return out
