@@ -106,3 +106,21 @@ def test_full_risk_coverage_curve_by_hand():
     c = _risk_coverage(np.array([0.8, 0.9, 0.1, 0.8]), np.array([True, False, True, False]))
     assert c["coverage"] == [0.25, 0.75, 1.0]
     assert c["risk"] == pytest.approx([0.0, 1 / 3, 0.5])
+
+
+def test_dual_threshold_regions_and_certificate():
+    from stopwise.selective import dual_threshold_report
+
+    ts = synthetic_trace_set(600, 6, p_correct=0.7, seed=5)  # synthetic: large enough for both thresholds to certify
+    r = dual_threshold_report(ts, score="vote_share", epsilon_answer=0.2, epsilon_set=0.1)
+    assert r["answer_certified"] and r["set_certified"]
+    assert r["t_set"] <= r["t_answer"]
+    assert r["single_share"] + r["set_share"] + r["abstain_share"] == pytest.approx(1.0)
+    assert r["mean_set_size"] is None or r["mean_set_size"] >= 1.0
+    assert "Bonferroni" in r["guarantee"] and "delta/2" in r["guarantee"]
+    assert r["single_share"] > 0 and r["set_share"] > 0 and r["abstain_share"] > 0
+    assert r["single_error"] <= 0.2 + 0.05 and r["output_miss"] <= 0.1 + 0.05  # held-out, near the certified levels
+    with pytest.raises(ConfigError, match="not available"):
+        dual_threshold_report(read_trace_set(bundled_path("r1_gsm8k")), score="vote_share")
+    with pytest.raises(ConfigError, match="epsilon_set must lie"):
+        dual_threshold_report(ts, epsilon_set=0.0)

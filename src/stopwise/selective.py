@@ -36,7 +36,7 @@ from stopwise.stats.ltt import check_level
 from stopwise.stats.ranking import auroc
 from stopwise.stats.split import split_mask
 
-__all__ = ["SCORES", "question_scores", "selective_report", "validate_selective"]
+__all__ = ["SCORES", "dual_threshold_report", "question_scores", "selective_report", "validate_selective"]
 
 
 def _grid(s_cal: np.ndarray, epsilon: float, delta: float, points: int) -> np.ndarray:
@@ -150,3 +150,68 @@ def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: i
             "n_calibration": int(cal.sum()), "n_test": int(test.sum()),
         })
     return rows
+
+
+def dual_threshold_report(ts, *, score: str = "vote_share", epsilon_answer: float = 0.05, epsilon_set: float = 0.1,  # noqa: ANN001
+                          delta: float = 0.1, points: int = 21) -> dict[str, Any]:
+    """Three-way answering with two certified thresholds on one confidence score.
+
+    ``score >= t_answer``: return the majority answer alone. ``t_set <= score <
+    t_answer``: return the set of every distinct answer the chains gave (the
+    caller sees several candidates). ``score < t_set``: abstain. Two risks:
+
+    - the error among single answers <= ``epsilon_answer`` (the selective risk of
+      :func:`selective_report`, LTT from the most abstaining threshold down);
+    - the share of questions that get an output (answer or set) none of whose
+      candidates is right <= ``epsilon_set`` (LTT on the mean over all
+      questions, from the highest ``t_set`` down).
+
+    Each is certified at ``delta / 2`` (Bonferroni), so both hold together with
+    probability >= ``1 - delta``; the certificate names this. ``t_set`` is
+    capped at ``t_answer`` afterwards (a set region never above the answer region).
+    """
+    from stopwise.conformal import candidates
+    from stopwise.stats.conformal import NONE
+
+    if not ts.has("correct"):
+        raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
+    for v, name in ((epsilon_answer, "epsilon_answer"), (epsilon_set, "epsilon_set"), (delta, "delta")):
+        check_level(v, name)
+    scores, wrong = question_scores(ts)
+    if score not in scores:
+        raise ConfigError(f"score '{score}' is not available on '{ts.name}'", hint=f"available: {sorted(scores)}")
+    s = scores[score]
+    probs, _, labels = candidates(ts)
+    size = (probs > 0).sum(axis=1)
+    missed = labels == NONE  # no chain gave the right answer
+    cal = split_mask(ts.questions.column("question_id").to_pylist())
+    test = ~cal
+    half = delta / 2
+    grid_a = _grid(s[cal], epsilon_answer, half, points)
+    answered = s[:, None] >= grid_a[None, :]
+    ja = _certify(answered[cal], wrong[cal], epsilon_answer, half)
+    t_a = float(grid_a[ja]) if ja is not None else float("inf")
+    # t_set grid from high to low: the first column outputs least (safest)
+    grid_s = np.unique(np.quantile(s[cal], np.linspace(0, 1, points)))[::-1] if cal.any() else np.zeros(1)
+    out_mask = s[:, None] >= grid_s[None, :]
+    loss = (out_mask & missed[:, None]).astype(np.float64)
+    js, cert_s, _, _ = calibrate_losses(loss[cal], risk="accuracy", epsilon=epsilon_set, delta=half, method="binomial")
+    t_s = min(float(grid_s[js]), t_a) if js is not None else t_a
+    single = s >= t_a
+    in_set = (s >= t_s) & ~single
+    t = test
+    n_t = max(int(t.sum()), 1)
+    n_single = int((single & t).sum())
+    return {
+        "trace_set": ts.name, "score": score, "delta": delta, "epsilon_answer": epsilon_answer, "epsilon_set": epsilon_set,
+        "t_answer": None if ja is None else t_a, "t_set": None if not np.isfinite(t_s) else t_s,
+        "answer_certified": ja is not None, "set_certified": js is not None,
+        "n_calibration": int(cal.sum()), "n_test": int(t.sum()),
+        "single_share": n_single / n_t, "set_share": int((in_set & t).sum()) / n_t,
+        "abstain_share": int((~single & ~in_set & t).sum()) / n_t,
+        "mean_set_size": float(size[in_set & t].mean()) if (in_set & t).any() else None,
+        "single_error": float(wrong[single & t].mean()) if n_single else 0.0,
+        "output_miss": float((((single & wrong) | (in_set & missed)) & t).sum() / n_t),
+        "guarantee": (f"error among single answers <= {epsilon_answer} and share of outputs with no right candidate <= "
+                      f"{epsilon_set}, jointly with probability >= {1 - delta} (LTT for each at delta/2, Bonferroni)"),
+    }

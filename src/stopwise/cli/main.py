@@ -443,11 +443,32 @@ _CASCADE_SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confid
 @_traces
 @_eps
 @_delta
+@click.option("--dual", "dual_score", default=None, type=click.Choice(list(_CASCADE_SCORES)),
+              help="Dual-threshold rule on this score: answer alone above t_answer (error <= --epsilon), return every "
+                   "candidate answer above t_set (no right candidate in <= --epsilon-set of questions), else abstain.")
+@click.option("--epsilon-set", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="--dual: the share of questions whose output has no right candidate.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows with the risk-coverage curves.")
-def abstain_cmd(traces, epsilon, delta, json_out) -> None:  # noqa: ANN001
+def abstain_cmd(traces, epsilon, delta, dual_score, epsilon_set, json_out) -> None:  # noqa: ANN001
     """Selective answering: AUROC of each confidence score, and the certified 'answer only above t' rule."""
-    from stopwise.selective import selective_report
+    from stopwise.selective import dual_threshold_report, selective_report
 
+    if dual_score:
+        def pct(x: float | None) -> str:
+            return "-" if x is None else f"{100 * x:.1f}%"
+
+        _report_per_set(
+            traces, f"dual-threshold answering on {dual_score}: single-answer error <= {epsilon}, outputs with no right "
+                    f"candidate <= {epsilon_set}, jointly at delta {delta} (Bonferroni: delta/2 each); test half",
+            ("trace set", "t_answer", "t_set", "answered alone", "answered with a set", "abstained", "mean set size",
+             "single-answer error", "outputs missing the truth"), 1,
+            lambda ts: [dual_threshold_report(ts, score=dual_score, epsilon_answer=epsilon, epsilon_set=epsilon_set, delta=delta)],
+            lambda r: ("-" if r["t_answer"] is None else f"{r['t_answer']:.3g}", "-" if r["t_set"] is None else f"{r['t_set']:.3g}",
+                       pct(r["single_share"]), pct(r["set_share"]), pct(r["abstain_share"]),
+                       "-" if r["mean_set_size"] is None else f"{r['mean_set_size']:.2f}", pct(r["single_error"]), pct(r["output_miss"])),
+            json_out,
+        )
+        return
     _report_per_set(
         traces, f"selective answering: error among answered <= {epsilon} at delta {delta} (test half)",
         ("trace set", "score", "AUROC", "certified", "threshold", "coverage", "selective risk", "error if all answered"), 2,
