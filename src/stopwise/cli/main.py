@@ -523,6 +523,37 @@ def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
     )
 
 
+@cli.command("aggregate")
+@_traces
+@click.option("--min-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Best-of-Majority: answers given by at least this share of the k chains compete on reward.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def aggregate_cmd(traces, min_share, json_out) -> None:  # noqa: ANN001
+    """Which answer to return from k chains: majority, confidence-weighted, reward-weighted, best-of-N, Best-of-Majority."""
+    from rich.table import Table
+
+    from stopwise.aggregation import aggregation_report
+    from stopwise.errors import ConfigError
+
+    out = []
+    for ts in _load_sets(traces):
+        try:
+            r = aggregation_report(ts, min_share=min_share)
+        except ConfigError as exc:
+            err_console.print(f"{ts.name}: skipped ({exc})")
+            continue
+        out.append(r)
+        t = Table(title=f"{ts.name}: accuracy of each rule on the first k chains ({r['n_questions']} questions)", title_justify="left")
+        t.add_column("rule")
+        for k in r["ks"]:
+            t.add_column(f"k={k}", justify="right")
+        for row in r["rows"]:
+            t.add_row(row["rule"], *(f"{100 * a:.1f}%" for a in row["accuracy"]))
+        console.print(t)
+    if json_out:
+        _write_json(json_out, out)
+
+
 @cli.command("budget")
 @_traces
 @click.option("--cap", required=True, type=click.FloatRange(0.0, min_open=True), help="Most tokens per question on average (generated + probe).")
