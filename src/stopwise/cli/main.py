@@ -523,6 +523,59 @@ def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
     )
 
 
+@cli.group("hidden")
+def hidden_group() -> None:
+    """Hidden-state features at probe positions (extra [hidden]): collect them, and test whether they help."""
+
+
+@hidden_group.command("collect")
+@click.option("--traces", "trace_dir", required=True, type=click.Path(path_type=Path), help="A trace set with probes and token strings.")
+@click.option("--model", default="embedded", show_default=True, help="The model that wrote the set: a registry name or a GGUF path.")
+@click.option("--chains", default=1, show_default=True, type=click.IntRange(1), help="Chains per question to re-run.")
+@click.option("--layer", default=None, type=click.IntRange(0), help="Hidden layer (default: two thirds of the depth).")
+@click.option("--threads", default=None, type=click.IntRange(1))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Sidecar directory (resumable).")
+def hidden_collect_cmd(trace_dir, model, chains, layer, threads, out) -> None:  # noqa: ANN001
+    """Re-run logged chains through the model in transformers and store float16 hidden states at every probe."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from stopwise.hidden import collect_hidden
+    from stopwise.traces import read_trace_set
+
+    ts = read_trace_set(trace_dir)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console) as progress:
+        task = progress.add_task(f"hidden states of {ts.name}", total=ts.n_questions)
+        collect_hidden(ts, model, out, chains=chains, layer=layer, threads=threads, command=shlex.join(["stopwise", *sys.argv[1:]]),
+                       progress=lambda done, total: progress.update(task, completed=done, total=total))
+    console.print(f"hidden states written to {out}")
+
+
+@hidden_group.command("compare")
+@click.option("--traces", "trace_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--hidden", "hidden_dir", required=True, type=click.Path(path_type=Path), help="The sidecar from stopwise hidden collect.")
+@click.option("--pca", default=32, show_default=True, type=click.IntRange(1), help="PCA components of the hidden vector.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
+def hidden_compare_cmd(trace_dir, hidden_dir, pca, json_out) -> None:  # noqa: ANN001
+    """Do hidden states add anything over logprob features? Grouped-CV AUROC of the learned probe's target."""
+    from rich.table import Table
+
+    from stopwise.hidden import hidden_comparison
+    from stopwise.traces import read_trace_set
+
+    r = hidden_comparison(read_trace_set(trace_dir), hidden_dir, pca=pca)
+    t = Table(title=f"{r['trace_set']}: predicting '{r['target']}' - {r['probes']} probes of {r['questions']} questions, "
+                    f"{r['folds']}-fold CV grouped by question (layer {r['layer']}, PCA {r['pca_components']})", title_justify="left")
+    for col in ("features", "AUROC", "log-loss"):
+        t.add_column(col, justify="left" if col == "features" else "right")
+    for k, label in (("logprob", "logprob features (" + ", ".join(r["feature_groups"]) + ")"), ("hidden", "hidden state"),
+                     ("both", "both")):
+        t.add_row(label, f"{r['results'][k]['auroc']:.3f}", f"{r['results'][k]['log_loss']:.3f}")
+    console.print(t)
+    if json_out:
+        _write_json(json_out, r)
+
+
 @cli.command("aggregate")
 @_traces
 @click.option("--min-share", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0),
