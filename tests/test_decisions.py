@@ -17,7 +17,7 @@ def test_rows_per_set_and_cascades(tmp_path):
     rows = decision_rows([ts], epsilon=0.1, cascade_pairs=[(small, large)], routing_paths=bundled_routing_paths())
     kinds = [(r["kind"], r["data"]) for r in rows]
     assert ("answer_sets", ts.name) in kinds and ("selection", ts.name) in kinds
-    assert {r["method"] for r in rows if r["kind"] == "abstention"} == {"vote_share", "vote_margin", "probe_agreement"}
+    assert {r["method"] for r in rows if r["kind"] == "abstention"} == {"vote_share", "vote_margin", "probe_agreement", "learned_probe"}
     casc = [r for r in rows if r["kind"] == "cascade"]
     methods = {r["method"] for r in casc}
     assert {"vote_margin, 4 chains", "probe_agreement, 1 chains", "vote_margin, 2 chains"} <= methods

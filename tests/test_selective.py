@@ -124,3 +124,19 @@ def test_dual_threshold_regions_and_certificate():
         dual_threshold_report(read_trace_set(bundled_path("r1_gsm8k")), score="vote_share")
     with pytest.raises(ConfigError, match="epsilon_set must lie"):
         dual_threshold_report(ts, epsilon_set=0.0)
+
+
+def test_learned_probe_score_keeps_its_training_questions_out_of_calibration():
+    from stopwise.selective import learned_probe_score
+    from stopwise.stats.split import split_mask, training_mask
+
+    ts = read_trace_set(bundled_path("r1_gsm8k"))
+    score, trained = learned_probe_score(ts)
+    qids = ts.questions.column("question_id").to_pylist()
+    assert trained.any() and not (trained & ~training_mask(qids)).any(), "trained only on the training role"
+    assert ((score >= 0) & (score <= 1)).all()
+    rows = {r["score"]: r for r in selective_report(ts, epsilon=0.05)}
+    half = split_mask(qids)
+    assert rows["learned_probe"]["n_calibration"] == int((half & ~trained).sum()) < rows["probe_agreement"]["n_calibration"]
+    assert rows["learned_probe"]["n_test"] == rows["probe_agreement"]["n_test"]
+    assert learned_probe_score(read_trace_set(bundled_path("gsm8k_qwen05"))) is not None

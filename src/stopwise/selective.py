@@ -81,11 +81,13 @@ def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: 
 
     if not ts.has("correct"):
         raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
-    scores, wrong = question_scores(ts)
-    n = ts.n_questions
+    scores_all, wrong_all, excluded = _all_scores(ts)
     rng = np.random.default_rng(seed)
     rows = []
-    for name, s in scores.items():
+    for name, s_all in scores_all.items():
+        keep = ~excluded[name]  # the population: questions the score was not trained on
+        s, wrong = s_all[keep], wrong_all[keep]
+        n = int(keep.sum())
         viol = {"ltt": 0, "naive": 0}
         uncertified = {"ltt": 0, "naive": 0}
         for _ in range(draws):
@@ -112,6 +114,56 @@ def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: 
     return rows
 
 
+def learned_probe_score(ts) -> tuple[np.ndarray, np.ndarray] | None:  # noqa: ANN001 - TraceSet
+    """The learned exit probe as a confidence score: ``(score, trained)`` per question, or None where it cannot train.
+
+    The probe (:func:`stopwise.policies.learned.train_probe_model`, fitted on the
+    training role) scores every probe with "this forced answer is the chain's
+    final answer"; a chain's score is that of its last answered probe, and a
+    question's score is the mean over the chains giving its majority answer
+    (0 when none). ``trained`` marks the questions the probe was fitted on:
+    they must stay out of calibration.
+    """
+    from stopwise.conformal import selection_scores
+    from stopwise.policies.base import MISSING
+    from stopwise.policies.features import set_features
+    from stopwise.policies.learned import train_probe_model
+    from stopwise.policies.single import probe_arrays
+
+    if not ts.has("probe_class"):
+        return None
+    try:
+        model = train_probe_model(ts)
+    except ConfigError:
+        return None
+    pa = probe_arrays(ts)
+    X = set_features(ts, pa, model.groups)
+    z = ((X - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.coef) + model.intercept
+    p = 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
+    answered = np.flatnonzero(pa.klass != MISSING)
+    last = np.full(ts.n_chains, np.nan)
+    last[pa.chain[answered]] = p[answered]  # later probes overwrite earlier ones: the last answered probe wins
+    answer, _, _ = selection_scores(ts, "vote_share")
+    qi = np.asarray(ts.question_index, dtype=np.int64)
+    final = np.asarray(ts.column("answer_class", fill=MISSING), dtype=np.int64)
+    use = (final == answer[qi]) & np.isfinite(last) & (answer[qi] != MISSING)
+    tot = np.bincount(qi[use], weights=last[use], minlength=ts.n_questions)
+    cnt = np.bincount(qi[use], minlength=ts.n_questions)
+    ids = set(model.trained_on.get("question_ids", []))
+    trained = np.asarray([q in ids for q in ts.questions.column("question_id").to_pylist()], dtype=bool)
+    return np.where(cnt > 0, tot / np.maximum(cnt, 1), 0.0), trained
+
+
+def _all_scores(ts, learned: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:  # noqa: ANN001
+    """question_scores plus the learned probe's score, and per score the questions to keep out of calibration."""
+    scores, wrong = question_scores(ts)
+    excluded = {k: np.zeros(ts.n_questions, dtype=bool) for k in scores}
+    lp = learned_probe_score(ts) if learned else None
+    if lp is not None:
+        scores["learned_probe"], excluded["learned_probe"] = lp
+    return scores, wrong, excluded
+
+
 def _risk_coverage(score: np.ndarray, wrong: np.ndarray) -> dict[str, list[float]]:
     """The whole risk-coverage curve: answering the k most confident questions, for every k that ends a tie group."""
     if len(score) == 0:
@@ -129,11 +181,12 @@ def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: i
         raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
     check_level(epsilon, "epsilon")
     check_level(delta, "delta")
-    scores, wrong = question_scores(ts)
-    cal = split_mask(ts.questions.column("question_id").to_pylist())
-    test = ~cal
+    scores, wrong, excluded = _all_scores(ts)
+    half = split_mask(ts.questions.column("question_id").to_pylist())
+    test = ~half
     rows = []
     for name, s in scores.items():
+        cal = half & ~excluded[name]  # the learned probe's training questions never calibrate it
         grid = _grid(s[cal], epsilon, delta, points)
         answered = s[:, None] >= grid[None, :]
         j = _certify(answered[cal], wrong[cal], epsilon, delta)
