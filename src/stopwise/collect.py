@@ -561,6 +561,9 @@ def assemble(
 
     out = Path(out)
     state = _state_dir(out)
+    if not (state / "config.json").is_file():
+        raise ConfigError(f"no collection at {out} (no {state}/config.json)",
+                          hint="pass the --out of a collection started with stopwise collect")
     meta = json.loads((state / "config.json").read_text())
     if cfg is None:
         cfg = CollectConfig(**meta["identity"])
