@@ -108,6 +108,14 @@ def decision_rows(
     return rows
 
 
+def _save(plt: Any, fig: Any, path: Path, title: str) -> Path:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def plot_decisions(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
     """Risk-coverage curves (abstention, one panel per set) and cost-accuracy curves (cascades, one panel per pair)."""
     import matplotlib
@@ -138,12 +146,7 @@ def plot_decisions(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
             ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
-        fig.suptitle("risk-coverage on the test half (star: the certified threshold)", fontsize=10)
-        fig.tight_layout()
-        path = out / "risk_coverage.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / "risk_coverage.png", "risk-coverage on the test half (star: the certified threshold)"))
     casc = [r for r in rows if r["kind"] == "cascade"]
     groups = sorted({r["data"] for r in casc})
     if groups:
@@ -164,10 +167,5 @@ def plot_decisions(rows: Sequence[dict[str, Any]], out: Path) -> list[Path]:
             ax.set_xlabel(f"cost / always-large cost ({r0['cost_unit']})", fontsize=7)
             ax.set_ylabel("accuracy (test half)")
             ax.legend(fontsize=6)
-        fig.suptitle("cascades: cost-accuracy over the threshold grid (star: certified threshold)", fontsize=10)
-        fig.tight_layout()
-        path = out / "cost_accuracy.png"
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / "cost_accuracy.png", "cascades: cost-accuracy over the threshold grid (star: certified threshold)"))
     return written
