@@ -5,6 +5,8 @@
 # lose it; `stopwise collect --assemble-partial --out DIR` writes what is complete.
 #
 #   scripts/collect_corpus.sh gsm8k      # 600 GSM8K test questions x 4 chains, 16 on the first 64
+#   scripts/collect_corpus.sh gsm8k15    # the 1.5B model, 1 chain, no probes, on the first 124 of the same questions
+#                                        # (the large model of the 0.5B-to-1.5B cascade)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${STOPWISE_CORPUS:-$HOME/.cache/stopwise/corpus}"
@@ -13,5 +15,8 @@ case "${1:-gsm8k}" in
   gsm8k)
     exec stopwise collect --dataset gsm8k --model embedded --questions 600 --chains 4 --chains-first 64:16 \
       --max-tokens 384 --probe-every 32 --top-k 5 --seed 0 --batch 16 --out "$OUT/gsm8k_qwen05" ;;
-  *) echo "unknown corpus '$1' (known: gsm8k)" >&2; exit 2 ;;
+  gsm8k15)
+    exec stopwise collect --dataset gsm8k --model embedded-1.5b --questions 124 --chains 1 --max-tokens 384 \
+      --probe-every 0 --no-cue-probes --top-k 5 --seed 0 --batch 8 --out "$OUT/gsm8k_qwen15" ;;
+  *) echo "unknown corpus '$1' (known: gsm8k, gsm8k15)" >&2; exit 2 ;;
 esac

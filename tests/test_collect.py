@@ -128,3 +128,21 @@ def test_a_lost_collection_resumes_from_an_assembled_set(tmp_path, smollm2_path)
     new = {(r["question_id"], r["sample_id"]): r["text"] for r in ts.chains.to_pylist()}
     assert all(new[k] == v for k, v in old.items()) and len(old) >= 2
     assert first.n_chains == 4
+
+
+def test_direct_answers_continue_the_forcing_string(tmp_path, smollm2_path):
+    """--direct: no chain of thought; the model writes the answer right after the forcing string (greedy)."""
+    cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=3, chains=1, max_tokens=12, temperature=0.0,
+                        probe_every=0, cue_probes=False, direct=True, n_threads=2)
+    ts = read_trace_set(collect(cfg, tmp_path / "direct"))
+    assert ts.n_questions == 3 and ts.n_chains == 3
+    rows = ts.chains.to_pylist()
+    assert all(1 <= r["n_tokens"] <= 12 and not r["probe_position"] for r in rows)
+    assert "direct answers" in ts.provenance.probe_schedule and ts.provenance.collect["direct"] is True
+    # answers come from closing the forced box, not from a free-text search
+    from stopwise.backends.probes import forced_answer
+
+    assert [r["answer"] for r in rows] == [forced_answer(r["text"]) for r in rows]
+    assert "direct" not in CollectConfig(dataset="gsm8k").identity(), "older collections still resume"
+    with pytest.raises(ConfigError, match="--direct needs the embedded backend"):
+        collect(CollectConfig(dataset="gsm8k", model="http://127.0.0.1:9", questions=1, direct=True), tmp_path / "h")

@@ -58,6 +58,8 @@ class CollectConfig(BaseModel):
     cue_probes: bool = True
     probe_max_tokens: int = Field(16, ge=1)
     forcing: str = DEFAULT_FORCING
+    direct: bool = Field(False, description="no chain of thought: the assistant turn starts with the forcing string, "
+                                            "and the model writes only the answer (a think-or-not gate's direct probe)")
     top_k: int = Field(5, ge=0, le=5)
     seed: int = 0
     dataset_size: int = Field(500, ge=1, description="questions generated for reasoning-gym datasets")
@@ -71,8 +73,12 @@ class CollectConfig(BaseModel):
         return self.chains
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the output (not how fast it is made)."""
-        return self.model_dump(exclude={"batch_chains", "n_threads", "flush_every"})
+        """The fields that define the output (not how fast it is made); ``direct`` only when set, so that
+        collections started before it existed still resume."""
+        d = self.model_dump(exclude={"batch_chains", "n_threads", "flush_every"})
+        if not d.get("direct"):
+            d.pop("direct", None)
+        return d
 
 
 def chain_seed(seed: int, question_id: str, sample_id: int) -> int:
@@ -288,6 +294,9 @@ def collect(
             extra.append((it, [s for s in missing if s >= cfg.chains]))
     todo += extra
     n_done0 = total - sum(len(m) for _, m in todo)
+    if cfg.direct and is_http(cfg.model):
+        raise ConfigError("--direct needs the embedded backend (it continues the prompt with the forcing string as token ids)",
+                          hint="collect direct answers with --model embedded or a GGUF path")
     if is_http(cfg.model):
         resolved = _HttpModel(cfg.model)
         if todo:
@@ -314,7 +323,7 @@ def collect(
         def prompt_ids(it: DatasetItem) -> list[int]:
             msgs = [{"role": "system", "content": ds.system_prompt}, {"role": "user", "content": it.question}]
             text = render_chat_template(template, msgs) if template else f"{ds.system_prompt}\n\n{it.question}\n\n"
-            return engine.tokenize_prompt(text)
+            return engine.tokenize_prompt(text) + (list(forcing_ids) if cfg.direct else [])
 
         sampling0 = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens)
         live: dict[int, _Live] = {}
@@ -499,7 +508,12 @@ def _record(lc: _Live, cfg: CollectConfig) -> dict[str, Any]:
     from stopwise.answers import extract_answer, find_candidates
 
     text = b"".join(lc.raw).decode("utf-8", errors="replace")
-    answer = extract_answer(text)
+    if cfg.direct:  # the text continues the forcing string: the answer is what closes the box
+        from stopwise.backends.probes import forced_answer
+
+        answer = forced_answer(text)
+    else:
+        answer = extract_answer(text)
     probes = sorted(lc.probes, key=lambda p: p[0])
     # token end offsets in characters, for the first candidate answer's token position
     ends, acc = [], 0
@@ -599,7 +613,8 @@ def assemble(
             "system_prompt": ds.system_prompt,
         },
         forcing_string=cfg.forcing,
-        probe_schedule=f"every {cfg.probe_every} tokens" + (" and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)" if cfg.cue_probes else ""),
+        probe_schedule=f"every {cfg.probe_every} tokens" + (" and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)" if cfg.cue_probes else "")
+        + ("; direct answers: the assistant turn starts with the forcing string (no chain of thought)" if cfg.direct else ""),
         logprob_convention=f"as reported by the server (top-{cfg.top_k}); token_confidence over those top-{cfg.top_k}; no entropy" if http else LOGPROB_CONVENTION,
         license=f"questions: {ds.license}; outputs of {resolved.title} (Apache-2.0 upstream)",
         stopwise_version=__version__,

@@ -45,7 +45,7 @@ from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
 
 __all__ = [
     "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "cascade_policy", "certify_cascade", "load_routellm", "pair_trace_sets",
-    "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
+    "direct_answer_probability", "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
 ]
 
 GRID = tuple(float(x) for x in np.round(np.linspace(1.0, 0.0, 41), 3))
@@ -278,6 +278,26 @@ def _per_question(ts, name: str) -> np.ndarray:  # noqa: ANN001
     return np.bincount(np.asarray(ts.question_index), weights=per_chain, minlength=ts.n_questions)
 
 
+def direct_answer_probability(ts) -> np.ndarray:  # noqa: ANN001 - TraceSet
+    """Per question, the probability of a direct answer (``stopwise collect --direct``): the product of its token
+    probabilities up to the token that closes the forced box, for the first chain; 0 where no box closes."""
+    off, toks = ts.list_column("tokens")
+    _, lps = ts.list_column("token_logprobs")
+    first = np.asarray(ts.question_offsets)[:-1]
+    out = np.zeros(ts.n_questions)
+    for q, j in enumerate(first):
+        if q >= ts.n_questions or ts.chain_counts[q] == 0:
+            continue
+        depth, total = 1, 0.0
+        for t, lp in zip(toks[off[j]:off[j + 1]], lps[off[j]:off[j + 1]]):
+            total += float(lp)
+            depth += str(t).count("{") - str(t).count("}")
+            if depth <= 0:
+                out[q] = float(np.exp(total))
+                break
+    return out
+
+
 def pair_trace_sets(small, large, *, chains: int | None = None) -> TracePair:  # noqa: ANN001 - TraceSets
     """Pair a small and a large model's sets on their common questions (matched by question id).
 
@@ -298,6 +318,8 @@ def pair_trace_sets(small, large, *, chains: int | None = None) -> TracePair:  #
                           hint="collect the large model on the small set's questions (same --dataset, --offset and --questions)")
     s, lg = subset_trace_set(small, common, chains), subset_trace_set(large, common)
     scores, wrong = question_scores(s)
+    if (getattr(s.provenance, "collect", None) or {}).get("direct") and s.has("token_logprobs"):
+        scores["answer_probability"] = direct_answer_probability(s)
     _, _, large_wrong = selection_scores(lg, "vote_share")
     k = int(np.max(s.chain_counts)) if s.n_questions else 0
     return TracePair(

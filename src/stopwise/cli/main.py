@@ -81,6 +81,8 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--probe-every", default=32, show_default=True, type=click.IntRange(0), help="Probe every P tokens (0: only at cues).")
 @click.option("--no-cue-probes", is_flag=True, help="Do not probe at cue tokens (blank lines, Wait, Hmm, ...).")
 @click.option("--forcing", default=None, help="Forcing string appended for probes (default: blank line + 'Final answer: $\\boxed{').")
+@click.option("--direct", is_flag=True, help="No chain of thought: start the answer with the forcing string and let the "
+              "model write only the answer (use a small --max-tokens and --temperature 0; the think-or-not gate's direct probe).")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(0, 5), help="Top logprobs kept per position.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--size", "dataset_size", default=500, show_default=True, type=click.IntRange(1), help="Questions generated for reasoning-gym datasets.")
@@ -436,7 +438,7 @@ def _report_per_set(traces, title: str, columns: tuple[str, ...], n_left: int, r
         _write_json(json_out, rows)
 
 
-_CASCADE_SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confidence")
+_CASCADE_SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confidence", "answer_probability")
 
 
 @cli.command("abstain")
