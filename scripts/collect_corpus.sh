@@ -7,6 +7,8 @@
 #   scripts/collect_corpus.sh gsm8k      # 600 GSM8K test questions x 4 chains, 16 on the first 64
 #   scripts/collect_corpus.sh gsm8k15    # the 1.5B model, 1 chain, no probes, on the first 124 of the same questions
 #                                        # (the large model of the 0.5B-to-1.5B cascade)
+#   scripts/collect_corpus.sh gsm8k-direct  # the 0.5B model answering directly (no chain of thought), greedy,
+#                                        # on the same 124 questions (the think-or-not gate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${STOPWISE_CORPUS:-$HOME/.cache/stopwise/corpus}"
@@ -18,5 +20,8 @@ case "${1:-gsm8k}" in
   gsm8k15)
     exec stopwise collect --dataset gsm8k --model embedded-1.5b --questions 124 --chains 1 --max-tokens 384 \
       --probe-every 0 --no-cue-probes --top-k 5 --seed 0 --batch 8 --out "$OUT/gsm8k_qwen15" ;;
-  *) echo "unknown corpus '$1' (known: gsm8k, gsm8k15)" >&2; exit 2 ;;
+  gsm8k-direct)
+    exec stopwise collect --dataset gsm8k --model embedded --questions 124 --chains 1 --max-tokens 16 --temperature 0 \
+      --probe-every 0 --no-cue-probes --direct --top-k 5 --seed 0 --batch 8 --out "$OUT/gsm8k_qwen05_direct" ;;
+  *) echo "unknown corpus '$1' (known: gsm8k, gsm8k15, gsm8k-direct)" >&2; exit 2 ;;
 esac
