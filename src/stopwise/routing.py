@@ -185,6 +185,7 @@ def certify_cascade(
         "accuracy_cascade": float(acc_curve[j]), "accuracy_strong": float(s.mean()), "accuracy_weak": float(w.mean()),
         "accuracy_loss": float(s.mean() - acc_curve[j]), "test_risk": float(loss[test, j].mean()),
         "escalated": float((~k[:, j]).mean()), "cost": float(cost_curve[j]), "cost_strong": strong_mean,
+        "cost_strong_cascade": float(np.where(k[:, j], 0.0, sc).mean()) if len(sc) else float("nan"),
         "cost_weak": float(wc.mean()) if len(wc) else float("nan"),
         "oracle_escalated": float(oracle_escalate.mean()), "accuracy_oracle": float((w | s).mean()),
         "oracle_cost": float((wc + np.where(oracle_escalate, sc, 0.0)).mean()) if len(wc) else float("nan"),
@@ -346,13 +347,12 @@ def trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: 
     weak_tokens = pair.weak_tokens + (pair.weak_probe_tokens if probes else 0.0)
     out = certify_cascade(pair.scores[score], pair.weak_ok, pair.strong_ok, calib, test, epsilon=epsilon, delta=delta,
                           weak_cost=weak_token_price * weak_tokens, strong_cost=pair.strong_tokens)
-    esc = ~(pair.scores[score][test] >= out["threshold"]) if out["threshold"] < 1.0 else np.ones(int(test.sum()), bool)
     return {
         "data": pair.name, "weak": pair.weak, "strong": pair.strong, "score": score, "chains": pair.chains, **out,
         "cost_unit": f"large-model tokens (a small-model token = {weak_token_price:g})",
         "weak_token_price": weak_token_price,
         "tokens_weak": float(weak_tokens[test].mean()), "tokens_strong": float(pair.strong_tokens[test].mean()),
-        "tokens_cascade_strong": float(np.where(esc, pair.strong_tokens[test], 0.0).mean()),
+        "tokens_cascade_strong": out["cost_strong_cascade"],
         "guarantee": f"accuracy loss vs always-{pair.strong} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test)",
     }
 
