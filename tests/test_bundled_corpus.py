@@ -34,3 +34,35 @@ def test_corpus_feeds_token_level_and_probe_based_families(corpus):
         res = fam.replay(corpus)
         assert res.answer.shape[1] == len(fam.grid)
         assert np.all(res.tokens <= res.tokens_full[:, None] + 0)  # early stopping never adds generated tokens
+
+
+def test_cascade_pair_and_direct_set_share_the_questions(corpus):
+    """The 1.5B set and the direct-answer set were collected on questions of the 0.5B corpus, by their own models."""
+    from stopwise.data import bundled_cascade_pairs
+
+    large = read_trace_set(bundled_path("gsm8k_qwen15"))
+    direct = read_trace_set(bundled_path("gsm8k_qwen05_direct"))
+    q05 = set(corpus.questions.column("question_id").to_pylist())
+    for ts in (large, direct):
+        ids = set(ts.questions.column("question_id").to_pylist())
+        assert len(ids) >= 100 and ids <= q05, ts.name
+        assert int(np.max(ts.chain_counts)) == 1
+    assert large.provenance.model_sha256 == "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+    assert direct.provenance.model_sha256 == corpus.provenance.model_sha256
+    assert direct.provenance.collect["direct"] is True and direct.provenance.sampling["temperature"] == 0.0
+    assert int(np.max(direct.column("n_tokens"))) <= 16
+    assert {(s.name, lg.name) for s, lg in bundled_cascade_pairs()} == {("gsm8k_qwen05", "gsm8k_qwen15"),
+                                                                         ("gsm8k_qwen05_direct", "gsm8k_qwen05")}
+
+
+def test_small_to_large_cascade_on_the_bundled_pair(corpus):
+    from stopwise.routing import pair_trace_sets, trace_cascade
+
+    pair = pair_trace_sets(corpus, read_trace_set(bundled_path("gsm8k_qwen15")))
+    assert pair.chains == 4 and len(pair.question_ids) >= 100
+    assert pair.strong_ok.mean() > pair.weak_ok.mean(), "the 1.5B model is the stronger one"
+    r = trace_cascade(pair, score="vote_margin", epsilon=0.1)
+    assert r["n_calibration"] + r["n_test"] == len(pair.question_ids)
+    assert r["accuracy_oracle"] >= r["accuracy_strong"] and 0 <= r["escalated"] <= 1
+    if r["certified"]:
+        assert r["test_risk"] <= 0.1 + 0.1  # held-out loss near the certified level (small test half)

@@ -157,7 +157,7 @@ def question_scores(ts) -> tuple[dict[str, np.ndarray], np.ndarray]:  # noqa: AN
         top = pv.top[np.arange(len(last)), last] if cm.width else np.zeros(len(last))
         run = pv.runner_up[np.arange(len(last)), last] if cm.width else np.zeros(len(last))
         out["vote_margin"] = np.where(answer == MISSING, 0.0, (top - run) / n)
-    if ts.has("probe_class"):
+    if ts.has("probe_class") and len(ts.list_column("probe_class")[1]):  # sets collected with no probes have empty lists
         out["probe_agreement"] = selection_scores(ts, "probe_agreement")[1]
         if ts.has("probe_logprob"):
             from stopwise.policies.single import probe_arrays

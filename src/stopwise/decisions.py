@@ -95,9 +95,12 @@ def decision_rows(
     for small, large in cascade_pairs:
         if progress:
             progress(f"cascade: {small.name} -> {large.name}")
-        for chains in sorted({1, 2, int(small.chain_counts.max())}):
-            pair = pair_trace_sets(small, large, chains=chains)
-            for score in ("vote_margin", "probe_confidence", "probe_agreement") if chains > 1 else ("probe_confidence", "probe_agreement"):
+        # a direct-answer set against its own model reasoning is a think-or-not gate: against one reasoning chain
+        direct = bool((getattr(small.provenance, "collect", None) or {}).get("direct"))
+        for chains in sorted({1, min(2, int(small.chain_counts.max())), int(small.chain_counts.max())}):
+            pair = pair_trace_sets(small, large, chains=chains, large_chains=1 if direct else None)
+            for score in ("vote_margin", "probe_confidence", "probe_agreement") if chains > 1 else (
+                    "answer_probability", "probe_confidence", "probe_agreement"):
                 if score in pair.scores:
                     rows.append(_cascade_row(trace_cascade(pair, score=score, epsilon=epsilon, delta=delta), f"{score}, {chains} chains"))
     for path in routing_paths:

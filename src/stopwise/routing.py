@@ -251,6 +251,7 @@ class TracePair:
     weak_tokens: np.ndarray
     weak_probe_tokens: np.ndarray
     strong_tokens: np.ndarray
+    same_model: bool = False  # both sets come from one model file (a think-or-not pair)
 
 
 def subset_trace_set(ts, question_ids: list[str], chains: int | None = None):  # noqa: ANN001, ANN201 - TraceSet
@@ -299,11 +300,11 @@ def direct_answer_probability(ts) -> np.ndarray:  # noqa: ANN001 - TraceSet
     return out
 
 
-def pair_trace_sets(small, large, *, chains: int | None = None) -> TracePair:  # noqa: ANN001 - TraceSets
+def pair_trace_sets(small, large, *, chains: int | None = None, large_chains: int | None = None) -> TracePair:  # noqa: ANN001
     """Pair a small and a large model's sets on their common questions (matched by question id).
 
     The small model's answer is the majority of its first ``chains`` chains
-    (all by default), scored by every score of :func:`stopwise.conformal.question_scores`,
+    (all by default; the large model's first ``large_chains``), scored by every score of :func:`stopwise.conformal.question_scores`,
     which uses only what exists when the small model has finished; the large
     model's answer is the majority of its chains. Correctness is the label.
     """
@@ -317,7 +318,7 @@ def pair_trace_sets(small, large, *, chains: int | None = None) -> TracePair:  #
     if len(common) < 20:
         raise ConfigError(f"trace sets '{small.name}' and '{large.name}' share {len(common)} questions; a cascade needs at least 20",
                           hint="collect the large model on the small set's questions (same --dataset, --offset and --questions)")
-    s, lg = subset_trace_set(small, common, chains), subset_trace_set(large, common)
+    s, lg = subset_trace_set(small, common, chains), subset_trace_set(large, common, large_chains)
     scores, wrong = question_scores(s)
     if (getattr(s.provenance, "collect", None) or {}).get("direct") and s.has("token_logprobs"):
         scores["answer_probability"] = direct_answer_probability(s)
@@ -326,19 +327,23 @@ def pair_trace_sets(small, large, *, chains: int | None = None) -> TracePair:  #
     return TracePair(
         f"{small.name}->{large.name}", small.name, large.name, k, common, scores, ~wrong, ~large_wrong,
         _per_question(s, "n_tokens"), _per_question(s, "probe_cost"), _per_question(lg, "n_tokens"),
+        same_model=bool(small.provenance.model_sha256) and small.provenance.model_sha256 == large.provenance.model_sha256,
     )
 
 
 def trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: float = 0.1,
-                  weak_token_price: float = DEFAULT_WEAK_TOKEN_PRICE) -> dict[str, Any]:
+                  weak_token_price: float | None = None) -> dict[str, Any]:
     """Certify the cascade "keep the small model's answer when ``score`` reaches t" and report it on the test half.
 
     No router is trained (the scores are fixed functions of the small model's
     chains), so the calibration half is the whole hashed calibration half.
     Cost is in large-model tokens: a small-model token counts ``weak_token_price``
-    (compute per token scales with parameters), probe tokens included when the
-    score reads probes.
+    (compute per token scales with parameters; default 0.32 for two models, 1 when
+    both sets come from one model file), probe tokens included when the score
+    reads probes.
     """
+    if weak_token_price is None:
+        weak_token_price = 1.0 if pair.same_model else DEFAULT_WEAK_TOKEN_PRICE
     if score not in pair.scores:
         raise ConfigError(f"score '{score}' is not available for {pair.name}", hint=f"available: {sorted(pair.scores)}")
     calib = split_mask(pair.question_ids)

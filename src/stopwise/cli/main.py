@@ -645,19 +645,21 @@ def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
 @click.option("--small", "small", default=None, type=click.Path(path_type=Path), help="Trace set of the small model (with --large).")
 @click.option("--large", "large", default=None, type=click.Path(path_type=Path), help="Trace set of the large model on the same questions.")
 @click.option("--chains", default=None, type=click.IntRange(1), help="Small-model chains per question (default: all logged).")
+@click.option("--large-chains", default=None, type=click.IntRange(1), help="Large-model chains per question (default: all logged).")
 @click.option("--score", "scores", multiple=True, type=click.Choice(list(_CASCADE_SCORES)),
               help="Small-model confidence scores to certify (default: every one the set feeds).")
 @_eps
 @_delta
 @click.option("--weak-cost", default=0.1, show_default=True, type=click.FloatRange(0.0),
               help="--data: the weak model's price per question relative to the strong model's.")
-@click.option("--weak-token-price", default=0.32, show_default=True, type=click.FloatRange(0.0),
-              help="--small/--large: a small-model token's price in large-model tokens (default: 0.49B/1.54B parameters).")
+@click.option("--weak-token-price", default=None, type=click.FloatRange(0.0),
+              help="--small/--large: a small-model token's price in large-model tokens (default: 0.32, the 0.49B/1.54B "
+                   "parameter ratio; 1 when both sets come from one model).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 @click.option("--write-policy", "policy_out", type=click.Path(path_type=Path), default=None,
               help="--small/--large: write a policy file serving the certified vote-margin cascade over --chains chains "
                    "(stopwise serve --policy FILE --max-chains K --escalate-to LARGE).")
-def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out, policy_out) -> None:  # noqa: ANN001
+def route_cmd(data_path, small, large, chains, large_chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out, policy_out) -> None:  # noqa: ANN001
     """Certify a weak-to-strong cascade on accuracy lost against always-strong; report it on held-out questions.
 
     Either RouteLLM-style response data (--data: a router is trained on a disjoint split) or two trace sets of a
@@ -684,7 +686,7 @@ def route_cmd(data_path, small, large, chains, scores, epsilon, delta, weak_cost
     from stopwise.routing import pair_trace_sets, trace_cascade
     from stopwise.traces import read_trace_set
 
-    pair = pair_trace_sets(read_trace_set(small), read_trace_set(large), chains=chains)
+    pair = pair_trace_sets(read_trace_set(small), read_trace_set(large), chains=chains, large_chains=large_chains)
     names = [s for s in (scores or _CASCADE_SCORES) if s in pair.scores]
     if not names:
         raise click.UsageError(f"none of the scores {list(scores)} is available here (available: {sorted(pair.scores)})")

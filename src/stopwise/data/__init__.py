@@ -25,8 +25,9 @@ def bundled_path(name: str) -> Path:
 
 ROUTING_DIR = Path(__file__).parent / "routing"
 
-# (small, large): bundled sets of two models on the same questions, for certified cascades
-BUNDLED_CASCADES = (("gsm8k_qwen05", "gsm8k_qwen15"),)
+# (small, large): bundled sets on the same questions, for certified cascades: the 0.5B and 1.5B models,
+# and the 0.5B model answering directly against the same model reasoning (the think-or-not gate)
+BUNDLED_CASCADES = (("gsm8k_qwen05", "gsm8k_qwen15"), ("gsm8k_qwen05_direct", "gsm8k_qwen05"))
 
 
 def bundled_routing_paths() -> list[Path]:
