@@ -227,15 +227,34 @@ def hidden_comparison(ts, path: Path, *, pca: int = 32, folds: int = 5, seed: in
 
     data = {"logprob": np.nan_to_num(X), "hidden": H, "both": np.hstack([np.nan_to_num(X), H])}
     res: dict[str, Any] = {}
+    preds: dict[str, np.ndarray] = {}
     cv = GroupKFold(n_splits=min(folds, len(np.unique(g))))
     for kind, Z in data.items():
         pred = np.zeros(len(y))
         for tr, te in cv.split(Z, y, g):
             m = model(kind).fit(Z[tr], y[tr])
             pred[te] = m.predict_proba(Z[te])[:, 1]
+        preds[kind] = pred
         res[kind] = {"auroc": float(roc_auc_score(y, pred)), "log_loss": float(log_loss(y, np.clip(pred, 1e-6, 1 - 1e-6)))}
+    # how sure is the difference? resample questions (the unit) with replacement, 1,000 times
+    from stopwise.stats.ranking import auroc
+
+    rng = np.random.default_rng(seed)
+    uq = np.unique(g)
+    rows_of = {q: np.flatnonzero(g == q) for q in uq}
+    diffs: dict[str, list[float]] = {"hidden": [], "both": []}
+    for _ in range(1000):
+        idx = np.concatenate([rows_of[q] for q in rng.choice(uq, size=len(uq), replace=True)])
+        if len(np.unique(y[idx])) < 2:
+            continue
+        base = auroc(preds["logprob"][idx], y[idx].astype(bool))
+        for kind in diffs:
+            diffs[kind].append(auroc(preds[kind][idx], y[idx].astype(bool)) - base)
+    for kind, d in diffs.items():
+        lo, hi = np.percentile(d, [2.5, 97.5]) if d else (float("nan"), float("nan"))
+        res[kind]["auroc_gain_over_logprob_95ci"] = [float(lo), float(hi)]
     return {
-        "trace_set": ts.name, "hidden": str(path), "layer": manifest["layer"], "hidden_size": manifest["hidden_size"],
+        "trace_set": ts.name, "hidden": str(path), "hidden_manifest": manifest, "layer": manifest["layer"], "hidden_size": manifest["hidden_size"],
         "pca_components": n_comp, "probes": int(len(y)), "questions": int(len(np.unique(g))), "chains_per_question": manifest["chains"],
         "positive_share": float(y.mean()), "feature_groups": list(groups), "folds": cv.get_n_splits(), "results": res,
         "target": "the probe's answer is the chain's final answer (answered probes only)",

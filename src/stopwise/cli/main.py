@@ -566,13 +566,16 @@ def hidden_compare_cmd(trace_dir, hidden_dir, pca, json_out) -> None:  # noqa: A
     from stopwise.traces import read_trace_set
 
     r = hidden_comparison(read_trace_set(trace_dir), hidden_dir, pca=pca)
+    r["command"] = _command_line()
     t = Table(title=f"{r['trace_set']}: predicting '{r['target']}' - {r['probes']} probes of {r['questions']} questions, "
                     f"{r['folds']}-fold CV grouped by question (layer {r['layer']}, PCA {r['pca_components']})", title_justify="left")
-    for col in ("features", "AUROC", "log-loss"):
+    for col in ("features", "AUROC", "log-loss", "AUROC gain over logprob (95% CI, questions resampled)"):
         t.add_column(col, justify="left" if col == "features" else "right")
     for k, label in (("logprob", "logprob features (" + ", ".join(r["feature_groups"]) + ")"), ("hidden", "hidden state"),
                      ("both", "both")):
-        t.add_row(label, f"{r['results'][k]['auroc']:.3f}", f"{r['results'][k]['log_loss']:.3f}")
+        ci = r["results"][k].get("auroc_gain_over_logprob_95ci")
+        t.add_row(label, f"{r['results'][k]['auroc']:.3f}", f"{r['results'][k]['log_loss']:.3f}",
+                  "-" if ci is None else f"{ci[0]:+.3f} to {ci[1]:+.3f}")
     console.print(t)
     if json_out:
         _write_json(json_out, r)
