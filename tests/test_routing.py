@@ -144,3 +144,17 @@ def test_cascade_policy_file_loads_in_the_server_and_refuses_when_nothing_is_cer
     always_right = synthetic_trace_set(400, 1, p_correct=1.0, p_missing=0.0, seed=4)
     with pytest.raises(ConfigError, match="always escalating is the only safe rule"):
         cascade_policy(synthetic_trace_set(400, 4, p_correct=0.05, seed=3), always_right, chains=2, epsilon=0.01)
+
+
+@pytest.mark.validity
+def test_bundled_small_to_large_cascade_guarantee_holds_where_the_naive_calibrator_fails():
+    """The 0.5B-to-1.5B cascade (vote margin over 4 chains) over 300 random calibration halves of the bundled pair."""
+    from stopwise.data import bundled_path
+    from stopwise.routing import pair_trace_sets, validate_trace_cascade
+    from stopwise.traces import read_trace_set
+
+    pair = pair_trace_sets(read_trace_set(bundled_path("gsm8k_qwen05")), read_trace_set(bundled_path("gsm8k_qwen15")))
+    rows = {r["policy"]: r for r in validate_trace_cascade(pair, score="vote_margin", epsilon=CASCADE_EPS, draws=300, seed=1)}
+    ltt, naive = rows["cascade:vote_margin"], rows["naive-control:cascade:vote_margin"]
+    assert ltt["draws"] == 300 and ltt["consistent"], ltt
+    assert not naive["consistent"], naive
