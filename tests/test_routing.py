@@ -148,13 +148,19 @@ def test_cascade_policy_file_loads_in_the_server_and_refuses_when_nothing_is_cer
 
 @pytest.mark.validity
 def test_bundled_small_to_large_cascade_guarantee_holds_where_the_naive_calibrator_fails():
-    """The 0.5B-to-1.5B cascade (vote margin over 4 chains) over 300 random calibration halves of the bundled pair."""
+    """The 0.5B-to-1.5B cascade over 300 random calibration halves of the bundled pair, at epsilon 0.1: with one small
+    chain scored by its forced-answer probability (a continuous score: the plug-in threshold overshoots), and with the
+    vote margin over 4 chains (five distinct values: the plug-in control has no room to fail there)."""
     from stopwise.data import bundled_path
     from stopwise.routing import pair_trace_sets, validate_trace_cascade
     from stopwise.traces import read_trace_set
 
-    pair = pair_trace_sets(read_trace_set(bundled_path("gsm8k_qwen05")), read_trace_set(bundled_path("gsm8k_qwen15")))
-    rows = {r["policy"]: r for r in validate_trace_cascade(pair, score="vote_margin", epsilon=CASCADE_EPS, draws=300, seed=1)}
-    ltt, naive = rows["cascade:vote_margin"], rows["naive-control:cascade:vote_margin"]
+    small, large = read_trace_set(bundled_path("gsm8k_qwen05")), read_trace_set(bundled_path("gsm8k_qwen15"))
+    one = pair_trace_sets(small, large, chains=1)
+    rows = {r["policy"]: r for r in validate_trace_cascade(one, score="probe_confidence", epsilon=0.1, draws=300, seed=1)}
+    ltt, naive = rows["cascade:probe_confidence"], rows["naive-control:cascade:probe_confidence"]
     assert ltt["draws"] == 300 and ltt["consistent"], ltt
     assert not naive["consistent"], naive
+    four = pair_trace_sets(small, large)
+    rows = {r["policy"]: r for r in validate_trace_cascade(four, score="vote_margin", epsilon=0.1, draws=300, seed=1)}
+    assert rows["cascade:vote_margin"]["consistent"]
