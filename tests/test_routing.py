@@ -164,3 +164,41 @@ def test_bundled_small_to_large_cascade_guarantee_holds_where_the_naive_calibrat
     four = pair_trace_sets(small, large)
     rows = {r["policy"]: r for r in validate_trace_cascade(four, score="vote_margin", epsilon=0.1, draws=300, seed=1)}
     assert rows["cascade:vote_margin"]["consistent"]
+
+
+def test_gsm8k_solutions_loader_and_errors(tmp_path):
+    import json
+
+    from stopwise.errors import ConfigError
+    from stopwise.routing import load_gsm8k_solutions, load_routing_data
+
+    p = tmp_path / "fixture_solutions.jsonl"  # hand-written fixture in the example_model_solutions.jsonl layout
+    rec = {"question": "1+1?", "ground_truth": "A: 2"}
+    for k in ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification"):
+        rec[k] = {"is_correct": k.startswith("175"), "solution": f"{k} says 2"}
+    p.write_text(json.dumps(rec) + "\n" + json.dumps(rec | {"question": "2+2?"}) + "\n")
+    d = load_routing_data(p, weak="6b_finetuning", strong="175b_verification")
+    assert d.weak == "6b_finetuning" and d.weak_ok.tolist() == [False, False] and d.strong_ok.tolist() == [True, True]
+    assert d.prompts == ["1+1?", "2+2?"] and d.weak_text[0] == "6b_finetuning says 2"
+    bad = dict(rec)
+    bad["175b_verification"] = {"is_correct": "yes", "solution": "x"}
+    p.write_text(json.dumps(rec) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(TraceFormatError, match=r"fixture_solutions.jsonl:2: field '175b_verification'"):
+        load_gsm8k_solutions(p)
+    p.write_text("{not json\n")
+    with pytest.raises(TraceFormatError, match=r":1: not JSON"):
+        load_gsm8k_solutions(p)
+    with pytest.raises(ConfigError, match="is not one of"):
+        load_gsm8k_solutions(p, weak="7b")
+    with pytest.raises(ConfigError, match="RouteLLM CSV names its own two models"):
+        load_routing_data(tmp_path / "x.csv", weak="6b_finetuning")
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "example_model_solutions.jsonl").is_file(), reason="needs ../shared/data")
+def test_certified_cascade_gpt3_6b_to_175b():
+    from stopwise.routing import load_gsm8k_solutions
+
+    r = cascade(load_gsm8k_solutions(SHARED_DATA / "gsm8k" / "example_model_solutions.jsonl"), epsilon=0.1, weak_cost=0.034)
+    assert r["n_train"] + r["n_calibration"] + r["n_test"] == 1319
+    assert r["certified"] and r["accuracy_strong"] > r["accuracy_weak"]
+    assert r["oracle_escalated"] <= r["escalated"] <= 1.0

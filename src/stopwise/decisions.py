@@ -76,7 +76,7 @@ def decision_rows(
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every decision row for ``sets`` (those with labels), the trace-set cascade pairs and the routing data files."""
-    from stopwise.routing import cascade, load_routellm, pair_trace_sets, trace_cascade
+    from stopwise.routing import cascade, load_routing_data, pair_trace_sets, trace_cascade
     from stopwise.stats.ltt import check_level
 
     for value, name in ((epsilon, "epsilon"), (delta, "delta"), (alpha, "alpha"), (q, "q")):
@@ -106,7 +106,7 @@ def decision_rows(
     for path in routing_paths:
         if progress:
             progress(f"cascade: {Path(path).name}")
-        r = cascade(load_routellm(path), epsilon=epsilon, delta=delta)
+        r = cascade(load_routing_data(path), epsilon=epsilon, delta=delta)
         rows.append(_cascade_row(r, f"router (TF-IDF + response features, trained on {r['n_train']} questions)"))
     return rows
 

@@ -44,7 +44,7 @@ from stopwise.stats.ranking import auroc
 from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
 
 __all__ = [
-    "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "cascade_policy", "certify_cascade", "load_routellm", "pair_trace_sets",
+    "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "cascade_policy", "certify_cascade", "load_gsm8k_solutions", "load_routellm", "load_routing_data", "pair_trace_sets",
     "direct_answer_probability", "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
 ]
 
@@ -65,6 +65,7 @@ class RoutingData:
     strong_text: list[str]
     weak_ok: np.ndarray
     strong_ok: np.ndarray
+    weak_cost: float = 0.1  # the weak model's price per question relative to the strong model's
 
 
 def _bool(value: str, path: Path, line: int, field: str) -> bool:
@@ -106,6 +107,59 @@ def load_routellm(path: str | Path) -> RoutingData:
     ids = ["q-" + hashlib.sha1(p.strip().encode("utf-8")).hexdigest()[:12] for p in prompts]
     name = path.name.removesuffix(".gz").removesuffix(".csv")
     return RoutingData(name, weak, strong, ids, prompts, wt, st, np.asarray(wok), np.asarray(sok))
+
+
+GSM8K_SETUPS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def load_gsm8k_solutions(path: str | Path, *, weak: str = "6b_verification", strong: str = "175b_verification") -> RoutingData:
+    """Read openai/grade-school-math's ``example_model_solutions.jsonl``: per question, four GPT-3 set-ups
+    (6B and 175B, fine-tuned and with a verifier), each ``{"is_correct", "solution"}``; ``weak`` and ``strong`` pick two."""
+    import json
+
+    path = Path(path)
+    for name, v in (("weak", weak), ("strong", strong)):
+        if v not in GSM8K_SETUPS:
+            raise ConfigError(f"{name} set-up '{v}' is not one of {GSM8K_SETUPS}")
+    if weak == strong:
+        raise ConfigError(f"weak and strong are the same set-up '{weak}'")
+    if not path.is_file():
+        raise TraceFormatError("solutions file not found", path=str(path), hint="e.g. ../shared/data/gsm8k/example_model_solutions.jsonl")
+    prompts, wt, st, wok, sok = [], [], [], [], []
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                raise TraceFormatError(f"not JSON: {exc}", path=str(path), line=line_no) from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("question"), str):
+                raise TraceFormatError("no 'question' string", path=str(path), line=line_no, field="question")
+            for v, texts, oks in ((weak, wt, wok), (strong, st, sok)):
+                sol = rec.get(v)
+                if not isinstance(sol, dict) or not isinstance(sol.get("is_correct"), bool) or not isinstance(sol.get("solution"), str):
+                    raise TraceFormatError("expected {\"is_correct\": bool, \"solution\": str}", path=str(path), line=line_no, field=v)
+                texts.append(sol["solution"])
+                oks.append(sol["is_correct"])
+            prompts.append(rec["question"])
+    if not prompts:
+        raise TraceFormatError("no questions", path=str(path))
+    ids = ["q-" + hashlib.sha1(p.strip().encode("utf-8")).hexdigest()[:12] for p in prompts]
+    size = {"6b": 6.0, "175b": 175.0}
+    cost = size[weak.split("_")[0]] / size[strong.split("_")[0]]  # per-token compute scales with parameters
+    return RoutingData(f"gsm8k_{weak}_to_{strong}", weak, strong, ids, prompts, wt, st, np.asarray(wok), np.asarray(sok), weak_cost=cost)
+
+
+def load_routing_data(path: str | Path, *, weak: str | None = None, strong: str | None = None) -> RoutingData:
+    """RouteLLM's CSV layout (``.csv``, ``.csv.gz``) or GSM8K's example solutions (``.jsonl``, ``.jsonl.gz``)."""
+    name = Path(path).name.removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        return load_gsm8k_solutions(path, weak=weak or "6b_verification", strong=strong or "175b_verification")
+    if weak or strong:
+        raise ConfigError("--weak/--strong choose set-ups of GSM8K's example solutions (.jsonl); a RouteLLM CSV names its own two models")
+    return load_routellm(path)
 
 
 def _response_features(texts: list[str]) -> np.ndarray:
@@ -194,12 +248,15 @@ def certify_cascade(
     }
 
 
-def cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, weak_cost: float = 0.1) -> dict[str, Any]:
+def cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, weak_cost: float | None = None) -> dict[str, Any]:
     """Fit, certify and test the weak-to-strong cascade; report it next to always-strong, always-weak and the oracle.
 
     ``weak_cost`` is the weak model's price per question relative to the strong
-    model's (the weak model always runs first in a cascade).
+    model's (the weak model always runs first in a cascade); default: the data's
+    own (0.1 for RouteLLM's pair, the parameter ratio for GPT-3 6B against 175B).
     """
+    if weak_cost is None:
+        weak_cost = data.weak_cost
     train = training_mask(data.question_ids, TRAIN_FRACTION)
     half = split_mask(data.question_ids)
     calib, test = half & ~train, ~half

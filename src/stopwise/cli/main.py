@@ -644,7 +644,10 @@ def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
 
 @cli.command("route")
 @click.option("--data", "data_path", default=None, type=click.Path(path_type=Path),
-              help="Weak/strong responses in RouteLLM's CSV layout (e.g. ../shared/data/routing/routellm_gsm8k_responses.csv).")
+              help="Weak/strong responses: RouteLLM's CSV layout (e.g. src/stopwise/data/routing/routellm_gsm8k_responses.csv.gz) "
+                   "or GSM8K's example_model_solutions.jsonl (four GPT-3 set-ups; pick two with --weak/--strong).")
+@click.option("--weak", default=None, help="--data *.jsonl: the weak set-up (6b_finetuning, 6b_verification, 175b_finetuning, 175b_verification).")
+@click.option("--strong", default=None, help="--data *.jsonl: the strong set-up.")
 @click.option("--small", "small", default=None, type=click.Path(path_type=Path), help="Trace set of the small model (with --large).")
 @click.option("--large", "large", default=None, type=click.Path(path_type=Path), help="Trace set of the large model on the same questions.")
 @click.option("--chains", default=None, type=click.IntRange(1), help="Small-model chains per question (default: all logged).")
@@ -653,8 +656,9 @@ def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
               help="Small-model confidence scores to certify (default: every one the set feeds).")
 @_eps
 @_delta
-@click.option("--weak-cost", default=0.1, show_default=True, type=click.FloatRange(0.0),
-              help="--data: the weak model's price per question relative to the strong model's.")
+@click.option("--weak-cost", default=None, type=click.FloatRange(0.0),
+              help="--data: the weak model's price per question relative to the strong model's (default: 0.1 for RouteLLM "
+                   "data, the parameter ratio for GPT-3 set-ups).")
 @click.option("--weak-token-price", default=None, type=click.FloatRange(0.0),
               help="--small/--large: a small-model token's price in large-model tokens (default: 0.32, the 0.49B/1.54B "
                    "parameter ratio; 1 when both sets come from one model).")
@@ -662,18 +666,18 @@ def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
 @click.option("--write-policy", "policy_out", type=click.Path(path_type=Path), default=None,
               help="--small/--large: write a policy file serving the certified vote-margin cascade over --chains chains "
                    "(stopwise serve --policy FILE --max-chains K --escalate-to LARGE).")
-def route_cmd(data_path, small, large, chains, large_chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out, policy_out) -> None:  # noqa: ANN001
+def route_cmd(data_path, weak, strong, small, large, chains, large_chains, scores, epsilon, delta, weak_cost, weak_token_price, json_out, policy_out) -> None:  # noqa: ANN001
     """Certify a weak-to-strong cascade on accuracy lost against always-strong; report it on held-out questions.
 
     Either RouteLLM-style response data (--data: a router is trained on a disjoint split) or two trace sets of a
     small and a large model on the same questions (--small/--large: the small model's own confidence decides).
     """
-    from stopwise.routing import cascade, load_routellm
+    from stopwise.routing import cascade, load_routing_data
 
     if (data_path is None) == (small is None or large is None) or (small is None) != (large is None):
         raise click.UsageError("give either --data CSV or both --small DIR and --large DIR")
     if data_path is not None:
-        r = cascade(load_routellm(data_path), epsilon=epsilon, delta=delta, weak_cost=weak_cost)
+        r = cascade(load_routing_data(data_path, weak=weak, strong=strong), epsilon=epsilon, delta=delta, weak_cost=weak_cost)
         status = "[green]certified[/]" if r["certified"] else "[yellow]not certified (always escalate)[/]"
         console.print(f"{r['data']}: {r['weak']} -> {r['strong']}; router fitted on {r['n_train']} questions "
                       f"(AUROC {r['router_auroc']:.3f} on the test half), threshold calibrated on {r['n_calibration']}")
@@ -776,7 +780,7 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
 
 def _validate_cascades(small, large, routing_data, **kw: Any) -> list[dict[str, Any]]:  # noqa: ANN001
     from stopwise.data import bundled_cascade_pairs, bundled_routing_paths
-    from stopwise.routing import load_routellm, pair_trace_sets, validate_cascade, validate_trace_cascade
+    from stopwise.routing import load_routing_data, pair_trace_sets, validate_cascade, validate_trace_cascade
     from stopwise.traces import read_trace_set
 
     pairs = [(small, large)] if small is not None else ([] if routing_data is not None else bundled_cascade_pairs())
@@ -788,7 +792,7 @@ def _validate_cascades(small, large, routing_data, **kw: Any) -> list[dict[str, 
             if score in pair.scores:
                 rows += validate_trace_cascade(pair, score=score, **kw)
     for d in data:
-        rows += validate_cascade(load_routellm(d), **kw)
+        rows += validate_cascade(load_routing_data(d), **kw)
     return rows
 
 

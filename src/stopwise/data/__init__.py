@@ -31,8 +31,9 @@ BUNDLED_CASCADES = (("gsm8k_qwen05", "gsm8k_qwen15"), ("gsm8k_qwen05_direct", "g
 
 
 def bundled_routing_paths() -> list[Path]:
-    """Weak/strong response files in RouteLLM's layout bundled with the package (see data/routing/README.md)."""
-    return sorted(ROUTING_DIR.glob("*.csv.gz")) if ROUTING_DIR.is_dir() else []
+    """Weak/strong response files bundled with the package: RouteLLM's CSV layout and GSM8K's example solutions
+    (see data/routing/README.md)."""
+    return sorted(ROUTING_DIR.glob("*.gz")) if ROUTING_DIR.is_dir() else []
 
 
 def bundled_cascade_pairs() -> list[tuple[Path, Path]]:
