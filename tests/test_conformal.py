@@ -99,3 +99,13 @@ def test_selection_fdr_holds_over_200_splits_and_release_all_fails(name, q):
     v = validate_selection(read_trace_set(bundled_path(name)), q=q, draws=200, seed=8)
     assert v["consistent"], v
     assert not v["control_consistent"], v
+
+
+def test_set_decision_rule_answers_only_single_real_answers():
+    ts = read_trace_set(bundled_path("qwen25math_math100"))
+    r = answer_sets(ts, alpha=0.1)
+    assert 0.0 <= r["answered_share"] <= r["singleton_share"] + 1e-12
+    if r["answered_share"] > 0:
+        assert 0.0 <= r["answered_accuracy"] <= 1.0
+    # the rule never answers a set that holds "none of these"
+    assert r["answered_share"] <= 1.0 - r["none_share"] + 1e-12

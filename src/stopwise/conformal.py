@@ -93,6 +93,9 @@ def answer_sets(ts, *, alpha: float = 0.1, score: str = "lac", calib: np.ndarray
     col = np.where(labels[test] == NONE, k, labels[test])
     covered = sets[np.arange(len(col)), col]
     size = sets.sum(axis=1)
+    # the decision rule on top of the sets: answer when the set is one real answer, else abstain or escalate
+    single = (size == 1) & ~sets[:, k]
+    single_right = single & covered
     return {
         "trace_set": ts.name, "alpha": alpha, "score": score, "qhat": qhat,
         "n_calibration": int(cal.sum()), "n_test": int(test.sum()),
@@ -100,6 +103,8 @@ def answer_sets(ts, *, alpha: float = 0.1, score: str = "lac", calib: np.ndarray
         "mean_size": float(size.mean()) if len(size) else float("nan"),
         "singleton_share": float((size == 1).mean()) if len(size) else float("nan"),
         "none_share": float(sets[:, k].mean()) if len(size) else float("nan"),
+        "answered_share": float(single.mean()) if len(size) else float("nan"),
+        "answered_accuracy": float(single_right.sum() / single.sum()) if single.any() else None,
         "truth_not_a_candidate": float((labels == NONE).mean()),
         "guarantee": "marginal coverage >= 1 - alpha over exchangeable questions; 'none of these' is an element",
     }

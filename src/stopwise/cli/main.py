@@ -494,12 +494,15 @@ def sets_cmd(traces, alpha, score, json_out) -> None:  # noqa: ANN001
 
     _report_per_set(
         traces, f"conformal answer sets ({score}, alpha {alpha}): test half",
-        ("trace set", "n cal", "n test", "coverage", "mean size", "singletons", "with 'none'", "truth not a candidate"), 1,
+        ("trace set", "n cal", "n test", "coverage", "mean size", "singletons", "with 'none'", "truth not a candidate",
+         "answered (one real answer)", "accuracy when answered"), 1,
         lambda ts: [answer_sets(ts, alpha=alpha, score=score)],
         lambda r: (str(r["n_calibration"]), str(r["n_test"]), f"{r['test_coverage']:.3f}", f"{r['mean_size']:.2f}",
-                   f"{100 * r['singleton_share']:.0f}%", f"{100 * r['none_share']:.0f}%", f"{100 * r['truth_not_a_candidate']:.0f}%"),
+                   f"{100 * r['singleton_share']:.0f}%", f"{100 * r['none_share']:.0f}%", f"{100 * r['truth_not_a_candidate']:.0f}%",
+                   f"{100 * r['answered_share']:.0f}%", "-" if r["answered_accuracy"] is None else f"{100 * r['answered_accuracy']:.1f}%"),
         json_out,
-        "guarantee: marginal coverage >= 1 - alpha over exchangeable questions; 'none of these' is an element of every candidate list",
+        "guarantee: marginal coverage >= 1 - alpha over exchangeable questions; 'none of these' is an element of every candidate list; "
+        "the rule answers when the set is one real answer and abstains (or escalates) otherwise",
     )
 
 

@@ -181,7 +181,8 @@ def render_decisions(console: Console, rows: list[dict[str, Any]], *, epsilon: f
                    + (f", AUROC {r['auroc']:.3f}" if r["auroc"] is not None else ""))
             ref = f"error if all answered {_pct(r['error_all'])}"
         elif k == "answer_sets":
-            res = f"coverage {r['coverage']:.3f}, mean size {r['mean_size']:.2f}, singletons {_pct(r['singleton_share'])}"
+            res = (f"coverage {r['coverage']:.3f}, mean size {r['mean_size']:.2f}; answers alone {_pct(r['answered_share'])}"
+                   + ("" if r.get("answered_accuracy") is None else f" at {_pct(r['answered_accuracy'])} accuracy"))
             ref = f"'none of these' in {_pct(r['none_share'])}"
         elif k == "selection":
             res = f"released {_pct(r['released_share'])}, FDP {r['fdp']:.3f}"
