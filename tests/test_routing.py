@@ -10,10 +10,11 @@ import pytest
 from stopwise.errors import TraceFormatError
 from stopwise.routing import GRID, cascade, load_routellm, router_losses, validate_cascade
 
-from conftest import SHARED_DATA
+from stopwise.data import ROUTING_DIR
 
-REAL = SHARED_DATA / "routing" / "routellm_gsm8k_responses.csv"
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason="needs ../shared/data beside the checkout")
+# the real responses, bundled with the package (gzipped copies of ../shared/data files; see data/routing/README.md)
+REAL = ROUTING_DIR / "routellm_gsm8k_responses.csv.gz"
+GPT3 = ROUTING_DIR / "gsm8k_example_model_solutions.jsonl.gz"
 HEADER = "prompt,weak,strong,weak_response,strong_response\n"
 
 
@@ -45,7 +46,6 @@ def test_losses_safe_end_and_monotone(tmp_path):
     assert loss[0, -1] == 1 and loss[1].sum() == 0 and loss[2].sum() == 0  # only 'weak wrong, strong right' loses
 
 
-@needs_real
 def test_certified_cascade_on_routellm_gsm8k():
     r = cascade(load_routellm(REAL), epsilon=0.1)
     assert r["n_train"] + r["n_calibration"] + r["n_test"] == 1319
@@ -54,7 +54,6 @@ def test_certified_cascade_on_routellm_gsm8k():
     assert r["accuracy_cascade"] >= r["accuracy_weak"]
 
 
-@needs_real
 @pytest.mark.validity
 def test_cascade_guarantee_holds_where_the_naive_calibrator_fails():
     rows = {r["policy"]: r for r in validate_cascade(load_routellm(REAL), epsilon=0.15, draws=300, seed=1)}
@@ -194,11 +193,11 @@ def test_gsm8k_solutions_loader_and_errors(tmp_path):
         load_routing_data(tmp_path / "x.csv", weak="6b_finetuning")
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "gsm8k" / "example_model_solutions.jsonl").is_file(), reason="needs ../shared/data")
 def test_certified_cascade_gpt3_6b_to_175b():
     from stopwise.routing import load_gsm8k_solutions
 
-    r = cascade(load_gsm8k_solutions(SHARED_DATA / "gsm8k" / "example_model_solutions.jsonl"), epsilon=0.1, weak_cost=0.034)
+    r = cascade(load_gsm8k_solutions(GPT3), epsilon=0.1)
+    assert r["weak_cost"] == 6.0 / 175.0
     assert r["n_train"] + r["n_calibration"] + r["n_test"] == 1319
     assert r["certified"] and r["accuracy_strong"] > r["accuracy_weak"]
     assert r["oracle_escalated"] <= r["escalated"] <= 1.0
