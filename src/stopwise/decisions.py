@@ -77,7 +77,7 @@ def decision_rows(
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every decision row for ``sets`` (those with labels), the trace-set cascade pairs and the routing data files."""
-    from stopwise.routing import cascade, load_routing_data, pair_trace_sets, trace_cascade
+    from stopwise.routing import cascade, is_direct, load_routing_data, pair_trace_sets, trace_cascade
     from stopwise.stats.ltt import check_level
 
     for value, name in ((epsilon, "epsilon"), (delta, "delta"), (alpha, "alpha"), (q, "q")):
@@ -97,7 +97,7 @@ def decision_rows(
         if progress:
             progress(f"cascade: {small.name} -> {large.name}")
         # a direct-answer set against its own model reasoning is a think-or-not gate: against one reasoning chain
-        direct = bool((getattr(small.provenance, "collect", None) or {}).get("direct"))
+        direct = is_direct(small)
         for chains in sorted({1, min(2, int(small.chain_counts.max())), int(small.chain_counts.max())}):
             pair = pair_trace_sets(small, large, chains=chains, large_chains=1 if direct else None)
             for score in ("vote_margin", "probe_confidence", "probe_agreement") if chains > 1 else (

@@ -187,13 +187,12 @@ def hidden_comparison(ts, path: Path, *, pca: int = 32, folds: int = 5, seed: in
     qi = np.asarray(ts.question_index, dtype=np.int64)
     samples = np.asarray(ts.column("sample_id"))
     rows, vecs = [], []
-    chain_probe_start = np.concatenate([[0], np.cumsum(np.bincount(pa_.chain, minlength=ts.n_chains))])
     for j in range(ts.n_chains):
         key = (qids[qi[j]], int(samples[j]))
         if key not in hidden:
             continue
         pos, vec = hidden[key]
-        lo, hi = int(chain_probe_start[j]), int(chain_probe_start[j + 1])
+        lo, hi = int(pa_.offsets[j]), int(pa_.offsets[j + 1])
         if hi - lo != len(pos) or not np.array_equal(np.asarray(pa_.position[lo:hi]), pos):
             raise ConfigError(f"hidden states of chain {key} do not line up with its probes")
         for k in range(lo, hi):

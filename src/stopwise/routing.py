@@ -45,7 +45,7 @@ from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
 
 __all__ = [
     "GRID", "RoutingData", "TracePair", "cascade", "cascade_losses", "cascade_policy", "certify_cascade", "load_gsm8k_solutions", "load_routellm", "load_routing_data", "pair_trace_sets",
-    "direct_answer_probability", "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
+    "direct_answer_probability", "is_direct", "router_losses", "subset_trace_set", "trace_cascade", "validate_cascade", "validate_trace_cascade",
 ]
 
 GRID = tuple(float(x) for x in np.round(np.linspace(1.0, 0.0, 41), 3))
@@ -327,14 +327,19 @@ def subset_trace_set(ts, question_ids: list[str], chains: int | None = None):  #
 
 def _per_question(ts, name: str) -> np.ndarray:  # noqa: ANN001
     if name == "probe_cost":
-        if not ts.has("probe_cost"):
+        if not ts.has("probe_position"):
             return np.zeros(ts.n_questions)
-        offsets, values = ts.list_column("probe_cost")
-        cs = np.concatenate([[0.0], np.cumsum(np.asarray(values, dtype=np.float64))])
-        per_chain = cs[offsets[1:]] - cs[offsets[:-1]]
+        from stopwise.policies.single import probe_arrays
+
+        per_chain = probe_arrays(ts).total_cost.astype(np.float64)
     else:
         per_chain = np.asarray(ts.column(name, fill=0), dtype=np.float64)
     return np.bincount(np.asarray(ts.question_index), weights=per_chain, minlength=ts.n_questions)
+
+
+def is_direct(ts) -> bool:  # noqa: ANN001 - TraceSet
+    """Whether ``ts`` holds direct answers (``stopwise collect --direct``: no chain of thought)."""
+    return bool((getattr(ts.provenance, "collect", None) or {}).get("direct"))
 
 
 def direct_answer_probability(ts) -> np.ndarray:  # noqa: ANN001 - TraceSet
@@ -377,7 +382,7 @@ def pair_trace_sets(small, large, *, chains: int | None = None, large_chains: in
                           hint="collect the large model on the small set's questions (same --dataset, --offset and --questions)")
     s, lg = subset_trace_set(small, common, chains), subset_trace_set(large, common, large_chains)
     scores, wrong = question_scores(s)
-    if (getattr(s.provenance, "collect", None) or {}).get("direct") and s.has("token_logprobs"):
+    if is_direct(s) and s.has("token_logprobs"):
         scores["answer_probability"] = direct_answer_probability(s)
     _, _, large_wrong = selection_scores(lg, "vote_share")
     k = int(np.max(s.chain_counts)) if s.n_questions else 0

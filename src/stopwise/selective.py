@@ -75,9 +75,8 @@ def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: 
     the violation frequency is consistent with ``<= delta`` (one-sided binomial
     test at 1%, as for the stopping rules).
     """
-    from scipy import stats
-
-    from stopwise.stats.validate import CONSISTENCY_LEVEL, clopper_pearson
+    from stopwise.calibrate import validation_row
+    from stopwise.stats.validate import validation_result
 
     if not ts.has("correct"):
         raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
@@ -103,14 +102,8 @@ def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: 
                 elif pop_risk[j] > epsilon:
                     viol[kind] += 1
         for kind, label in (("ltt", f"abstain:{name}"), ("naive", f"naive-control:abstain:{name}")):
-            lo, hi = clopper_pearson(viol[kind], draws, 0.05)
-            p = float(stats.binomtest(viol[kind], draws, delta, alternative="greater").pvalue)
-            freq, consistent = viol[kind] / draws, p > CONSISTENCY_LEVEL
-            rows.append({
-                "trace_set": ts.name, "policy": label, "risk": "selective", "epsilon": epsilon, "delta": delta,
-                "n_calibration": n // 2, "draws": draws, "violation_frequency": freq, "ci_low": float(lo), "ci_high": float(hi),
-                "consistent": consistent, "p_value": p, "uncertified_draws": uncertified[kind], "method": "binomial",
-            })
+            v = validation_result(viol[kind], draws, epsilon=epsilon, delta=delta, n_calibration=n // 2, uncertified=uncertified[kind])
+            rows.append(validation_row(v, trace_set=ts.name, policy=label, risk="selective", method="binomial"))
     return rows
 
 
@@ -137,9 +130,7 @@ def learned_probe_score(ts) -> tuple[np.ndarray, np.ndarray] | None:  # noqa: AN
     except ConfigError:
         return None
     pa = probe_arrays(ts)
-    X = set_features(ts, pa, model.groups)
-    z = ((X - np.asarray(model.mean)) / np.asarray(model.scale)) @ np.asarray(model.coef) + model.intercept
-    p = 1.0 / (1.0 + np.exp(-np.clip(z, -700, 700)))
+    p = np.array([model.score(x) for x in set_features(ts, pa, model.groups)], dtype=np.float64)  # as learned_exit scores them
     answered = np.flatnonzero(pa.klass != MISSING)
     last = np.full(ts.n_chains, np.nan)
     last[pa.chain[answered]] = p[answered]  # later probes overwrite earlier ones: the last answered probe wins

@@ -54,6 +54,7 @@ __all__ = [
     "naive_calibrator",
     "synthetic_population",
     "validate_calibrator",
+    "validation_result",
 ]
 
 Calibrator = Callable[[np.ndarray], "int | None"]
@@ -213,6 +214,14 @@ def validate_calibrator(
             )
         violations += bool(exceeds[index])
 
+    return validation_result(violations, draws, epsilon=epsilon, delta=delta, n_calibration=n_calibration, uncertified=uncertified)
+
+
+def validation_result(violations: int, draws: int, *, epsilon: float, delta: float, n_calibration: int,
+                      uncertified: int) -> ValidationResult:
+    """The verdict on ``violations`` out of ``draws``: Clopper-Pearson 95% interval and the exact one-sided
+    binomial test of ``H0: violation probability <= delta`` (consistent when its p-value exceeds
+    :data:`CONSISTENCY_LEVEL`). Shared by every validator, whatever draws the calibrations."""
     ci_low, ci_high = clopper_pearson(violations, draws, 0.05)
     p_value = float(stats.binomtest(violations, draws, delta, alternative="greater").pvalue)
     return ValidationResult(
