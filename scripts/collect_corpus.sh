@@ -9,6 +9,8 @@
 #                                        # (the large model of the 0.5B-to-1.5B cascade)
 #   scripts/collect_corpus.sh gsm8k-direct  # the 0.5B model answering directly (no chain of thought), greedy,
 #                                        # on the same 124 questions (the think-or-not gate)
+#   scripts/collect_corpus.sh chain-sum  # reasoning-gym chain_sum (seed 0, 300 questions) x 4 chains, the same settings
+#                                        # as gsm8k (one chain right on 4 of 12 in a pilot; 152 tokens a chain)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${STOPWISE_CORPUS:-$HOME/.cache/stopwise/corpus}"
@@ -23,5 +25,8 @@ case "${1:-gsm8k}" in
   gsm8k-direct)
     exec stopwise collect --dataset gsm8k --model embedded --questions 124 --chains 1 --max-tokens 16 --temperature 0 \
       --probe-every 0 --no-cue-probes --direct --top-k 5 --seed 0 --batch 8 --out "$OUT/gsm8k_qwen05_direct" ;;
-  *) echo "unknown corpus '$1' (known: gsm8k, gsm8k15, gsm8k-direct)" >&2; exit 2 ;;
+  chain-sum)
+    exec stopwise collect --dataset reasoning-gym:chain_sum --size 300 --model embedded --questions 300 --chains 4 \
+      --max-tokens 384 --probe-every 32 --top-k 5 --seed 0 --batch 16 --out "$OUT/chain_sum_qwen05" ;;
+  *) echo "unknown corpus '$1' (known: gsm8k, gsm8k15, gsm8k-direct, chain-sum)" >&2; exit 2 ;;
 esac
