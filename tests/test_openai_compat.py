@@ -235,3 +235,62 @@ def test_collect_through_the_http_backend(upstream, tmp_path):
         sched = [p for p, c in zip(r["probe_position"], r["probe_cue"]) if c == "schedule"]
         assert sched == [p for p in (8, 16) if p < r["n_tokens"]] and all(c > 0 for c in r["probe_cost"])
     assert "OpenAI-compatible server" in ts.provenance.model
+
+
+def test_streams_reuse_one_upstream_connection_and_a_stalled_tail_is_cut_off():
+    """After ``[DONE]`` the backend reads the end of the chunked body, so the next request reuses the
+    connection (fake upstream that counts connections); an upstream that stalls after ``[DONE]``
+    costs at most the drain's deadline, and the stream still ends cleanly."""
+    import json as _json
+
+    accepted = []
+
+    def sse(stall_after_done):
+        def handler(conn, stop):
+            accepted.append(1)
+            try:
+                while not stop.is_set():
+                    read_request(conn)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                    for t in ("a", "b", "c"):
+                        ev = b"data: " + _json.dumps({"choices": [{"index": 0, "text": t, "logprobs": None}]}).encode() + b"\n\n"
+                        conn.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                    done = b"data: [DONE]\n\n"
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(done), done))
+                    if stall_after_done:
+                        stop.wait(10)
+                        return
+                    conn.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+        return handler
+
+    async def main(url, n):
+        be = backend(url, model="m", retries=0)
+        try:
+            out = []
+            for _ in range(n):
+                t0 = time.monotonic()
+                out.append(("".join([s.text async for s in be.stream("x", Sampling(max_tokens=3), logprobs=False)]), time.monotonic() - t0))
+            return out
+        finally:
+            await be.aclose()
+
+    url, close = fake_upstream(sse(False))
+    try:
+        out = asyncio.run(main(url, 3))
+    finally:
+        close()
+    assert [t for t, _ in out] == ["abc"] * 3 and len(accepted) == 1
+
+    accepted.clear()
+    url, close = fake_upstream(sse(True))
+    try:
+        out = asyncio.run(main(url, 2))
+    finally:
+        close()
+    assert [t for t, _ in out] == ["abc"] * 2 and all(dt < 5 for _, dt in out)
+    assert len(accepted) == 2  # the stalled connection was not reused

@@ -32,6 +32,9 @@ from stopwise.backends.base import Backend, Capabilities, ChainResult, Sampling,
 from stopwise.errors import BackendError, MissingExtraError
 
 
+_DONE = object()  # the [DONE] line of a stream
+
+
 def _httpx():
     try:
         import httpx
@@ -99,6 +102,8 @@ class OpenAICompatBackend(Backend):
         Seconds to connect, and the longest silence between two chunks.
     retries : int
         Retries of idempotent requests (probes, forcing, model list) on retryable errors.
+    max_connections : int
+        Upstream connections open at once, all kept alive between requests.
     """
 
     capabilities = Capabilities(logprobs=True, top_k=5, prefix_continuation=True)
@@ -114,6 +119,7 @@ class OpenAICompatBackend(Backend):
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         retries: int = 2,
+        max_connections: int = 256,
     ) -> None:
         httpx = _httpx()
         url = base_url.rstrip("/")
@@ -126,7 +132,10 @@ class OpenAICompatBackend(Backend):
         self.retries = retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=10.0, pool=connect_timeout)
-        self._client = httpx.AsyncClient(headers=headers, timeout=self.timeout)
+        # keep every connection alive (httpx keeps 20 by default): under many concurrent streams the
+        # others would reconnect for each request
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits)
         self.n_supported: bool | None = None
         self.token_prompts: bool | None = None
 
@@ -247,30 +256,65 @@ class OpenAICompatBackend(Backend):
             body["stop"] = list(sampling.stop)
         return body
 
+    def _sse_line(self, line: bytes, what: str) -> Any:
+        """One SSE line: its JSON event, :data:`_DONE` for ``[DONE]``, None for anything else."""
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            return None  # blank separators, comments (":"), event/id fields
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return _DONE
+        try:
+            obj = json.loads(data)
+        except ValueError as exc:
+            raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120].decode(errors='replace')!r}", retryable=True) from exc
+        if not isinstance(obj, dict):
+            raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120].decode(errors='replace')!r}", retryable=True)
+        if "error" in obj:
+            err = obj["error"]
+            raise BackendError(f"{what}: upstream error mid-stream: {err.get('message', err) if isinstance(err, dict) else err}", retryable=True)
+        return obj
+
+    @staticmethod
+    async def _drain(chunks: AsyncIterator[bytes], within: float = 1.0) -> None:
+        """Read what follows ``[DONE]`` (the end of the chunked body) so httpx can keep the connection
+        alive for the next request; an upstream that sends more or stalls is cut off after ``within`` s
+        (its connection is then closed instead of reused)."""
+
+        async def rest() -> None:
+            async for _ in chunks:
+                pass
+
+        try:
+            await asyncio.wait_for(rest(), within)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - the events are already delivered
+            pass
+
     async def _sse(self, path: str, body: dict[str, Any], what: str) -> AsyncIterator[dict[str, Any]]:
         """Yield the JSON events of one streamed request; closing it closes the HTTP stream."""
         try:
             async with self._client.stream("POST", self.base + path, json=body) as resp:
                 if resp.status_code >= 400:
                     raise await self._status_error(resp, what)
-                async for line in resp.aiter_lines():
-                    line = line.strip()
-                    if not line or line.startswith(":"):
-                        continue
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    try:
-                        obj = json.loads(data)
-                    except ValueError as exc:
-                        raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120]!r}", retryable=True) from exc
-                    if not isinstance(obj, dict):
-                        raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120]!r}", retryable=True)
-                    if "error" in obj:
-                        err = obj["error"]
-                        raise BackendError(f"{what}: upstream error mid-stream: {err.get('message', err) if isinstance(err, dict) else err}", retryable=True)
+                # SSE over the byte stream: split lines on b"\n" ourselves and hand json.loads the bytes
+                # (httpx's aiter_lines decodes and re-splits every chunk in two more generator layers,
+                # which was the largest share of the proxy's CPU per streamed token)
+                buf = b""
+                chunks = resp.aiter_bytes()
+                async for chunk in chunks:
+                    lines = (buf + chunk).split(b"\n")
+                    buf = lines.pop()
+                    for line in lines:
+                        obj = self._sse_line(line, what)
+                        if obj is _DONE:
+                            await self._drain(chunks)
+                            return
+                        if obj is not None:
+                            yield obj
+                obj = self._sse_line(buf, what)  # a last line without its newline
+                if obj is _DONE:
+                    return
+                if obj is not None:
                     yield obj
                 raise BackendError(f"{what}: upstream {self.root} ended the stream without [DONE]", retryable=True)
         except BackendError:

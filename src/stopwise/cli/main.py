@@ -167,6 +167,9 @@ def serve_cmd(config_file: Path | None, policies: tuple[Path, ...], **flags: Any
     except ImportError as exc:
         raise MissingExtraError("stopwise serve", "serve", "uvicorn") from exc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # httpx logs every upstream request (probes included) at INFO: noise in the server's log, and a
+    # measurable share of the proxy's CPU per request
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
