@@ -116,3 +116,26 @@ def test_cli_compare_anchors_json(tmp_path):
     rows = json.loads(out.read_text())
     assert rows and all(set(ROW_KEYS) <= set(row) for row in rows)
     assert any(row["method"] == "stopwise learned_exit (transfer)" for row in rows)
+
+
+def test_transfer_report_both_probes_on_the_target():
+    """The probe trained on one set, certified and tested on another with no shared question, beside the
+    target's own in-domain probe (synthetic sets: a unit test of the bookkeeping, not a result)."""
+    from stopwise.anchors import transfer_report
+    from stopwise.errors import ConfigError
+
+    src = synthetic_trace_set(160, 2, mean_tokens=200, seed=11, name="syn-src", id_prefix="s")
+    tgt = synthetic_trace_set(160, 2, mean_tokens=200, seed=12, name="syn-tgt")
+    rep = transfer_report(src, tgt, epsilons=(0.1,))
+    names = list(rep["probes"])
+    assert names == ["learned_exit (in-domain)", "learned_exit (from syn-src)"]
+    assert rep["probes"][names[1]]["trained_on"] == ["syn-src"] and rep["probes"][names[0]]["trained_on"] == ["syn-tgt"]
+    for p in rep["probes"].values():
+        assert p["probes"] > 0 and 0.0 <= p["auroc"] <= 1.0
+    methods = {r["method"] for r in rep["rows"]}
+    assert set(names) <= methods and any(r["kind"] == "oracle" for r in rep["rows"])
+    by = {r["method"]: r for r in rep["rows"]}
+    # the transferred probe saw no target question, so its whole calibration half certifies it
+    assert by[names[1]]["n_calibration"] > by[names[0]]["n_calibration"]
+    with pytest.raises(ConfigError, match="shares questions"):
+        transfer_report(tgt, tgt, epsilons=(0.1,))

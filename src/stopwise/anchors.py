@@ -48,15 +48,17 @@ from stopwise.calibrate import calibrate_family, subset_result
 from stopwise.errors import ConfigError
 from stopwise.oracle import epsilon_oracle, stop_anywhere_result
 from stopwise.policies.base import MISSING, ReplayResult, unit_losses
-from stopwise.policies.features import available_groups
-from stopwise.policies.learned import LearnedExit, train_probe_model
+from stopwise.policies.features import available_groups, set_features
+from stopwise.policies.learned import LearnedExit, ProbeModel, probe_labels, train_probe_model
 from stopwise.policies.multi import chain_matrix
 from stopwise.policies.registry import get_family
+from stopwise.policies.single import probe_arrays
 from stopwise.stats.pvalues import min_certifiable_epsilon
+from stopwise.stats.ranking import auroc
 from stopwise.stats.split import split_mask
 from stopwise.traces.model import TraceSet
 
-__all__ = ["EPSILONS", "ROW_KEYS", "Method", "anchor_methods", "compare_set", "donor_sets", "permuted_chains"]
+__all__ = ["EPSILONS", "ROW_KEYS", "Method", "anchor_methods", "compare_set", "donor_sets", "permuted_chains", "transfer_report"]
 
 EPSILONS = (0.01, 0.02, 0.05, 0.1)
 ROW_KEYS = ("trace_set", "epsilon", "method", "kind", "setting", "tokens_saved", "chains_saved", "test_risk", "certified")
@@ -220,6 +222,69 @@ def _stopwise_methods(ts: TraceSet, donors: Sequence[TraceSet], model_cache: dic
 def anchor_methods(ts: TraceSet, donors: Sequence[TraceSet] = (), model_cache: dict | None = None) -> list[Method]:
     """Every anchor and stopwise policy that can run on ``ts`` (``model_cache`` reuses transfer probes across calls)."""
     return _single_chain_anchors(ts) + _multi_chain_anchors(ts) + _stopwise_methods(ts, donors, model_cache)
+
+
+def _probe_auroc(model: ProbeModel, ts: TraceSet, questions: np.ndarray) -> dict[str, Any]:
+    """How well ``model`` ranks the answered probes of ``questions`` (bool mask) by its target."""
+    pa = probe_arrays(ts)
+    qi = np.asarray(ts.question_index, dtype=np.int64)[pa.chain]
+    rows = np.flatnonzero(questions[qi] & (pa.klass != MISSING))
+    if len(rows) == 0:
+        return {"auroc": None, "probes": 0, "positive_share": None}
+    X = set_features(ts, pa, model.groups)[rows]
+    y = probe_labels(ts, pa)[rows].astype(bool)
+    return {"auroc": auroc(np.array([model.score(x) for x in X]), y), "probes": int(len(rows)), "positive_share": float(y.mean())}
+
+
+def transfer_report(
+    source: TraceSet | Sequence[TraceSet],
+    target: TraceSet,
+    *,
+    epsilons: Sequence[float] = EPSILONS,
+    delta: float = 0.1,
+) -> dict[str, Any]:
+    """The learned exit probe trained on ``source`` and used on ``target``, beside the one trained on ``target``.
+
+    The transferred probe is fitted on every question of the source set(s)
+    (which must share no question id with the target), on the feature groups
+    both sides have; its threshold is certified on the target's whole
+    calibration half and tested once on the test half. The in-domain probe is
+    fitted on the target's training role and certified on the rest of its
+    calibration half. Both are reported as certified savings and test risk per
+    epsilon (with the epsilon-oracle) and as the AUROC of the probe's target
+    ("this probe's answer is the chain's final answer") over the target's
+    answered test-half probes, the part of the comparison that probe cost does
+    not blur.
+
+    Raises
+    ------
+    ConfigError
+        If the sets share a question, or cannot feed the probe's feature groups.
+    """
+    sources = [source] if isinstance(source, TraceSet) else list(source)
+    ids = set(target.questions.column("question_id").to_pylist())
+    for s_ in sources:
+        if ids & set(s_.questions.column("question_id").to_pylist()):
+            raise ConfigError(f"transfer: {s_.name} shares questions with {target.name}", hint="transfer needs disjoint question sets")
+    groups = set(available_groups(target))
+    for s_ in sources:
+        groups &= set(available_groups(s_))
+    label = lambda v: f"threshold={v:g}"  # noqa: E731
+    test = ~split_mask(target.questions.column("question_id").to_pylist())
+    models: dict[str, ProbeModel] = {}
+    methods: list[Method] = []
+    for name, fam in (
+        ("learned_exit (in-domain)", LearnedExit().train(target)),
+        (f"learned_exit (from {'+'.join(s_.name for s_ in sources)})",
+         LearnedExit(model=train_probe_model(sources, groups=sorted(groups), fraction=1.0))),
+    ):
+        res = fam.replay(target)
+        models[name] = fam.model
+        methods.append(Method(name, "stopwise", "single", res, list(range(len(res.grid))), label, training_mask=fam.training_mask(target)))
+    table = compare_set(target, epsilons=epsilons, delta=delta, methods=methods)
+    probes = {name: {**_probe_auroc(m, target, test), "groups": list(m.groups), "trained_on": [t["name"] for t in m.trained_on["trace_sets"]]}
+              for name, m in models.items()}
+    return {"source": [s_.name for s_ in sources], "target": target.name, "rows": table["rows"], "probes": probes}
 
 
 def permuted_chains(ts: TraceSet, seed: int) -> TraceSet:

@@ -173,7 +173,7 @@ def hidden_comparison(ts, path: Path, *, pca: int = 32, folds: int = 5, seed: in
 
     from stopwise.policies.base import MISSING
     from stopwise.policies.features import available_groups, set_features
-    from stopwise.policies.learned import _labels
+    from stopwise.policies.learned import probe_labels
     from stopwise.policies.single import probe_arrays
 
     manifest, hidden = load_hidden(path)
@@ -182,7 +182,7 @@ def hidden_comparison(ts, path: Path, *, pca: int = 32, folds: int = 5, seed: in
     pa_ = probe_arrays(ts)
     groups = tuple(g for g in ("probe", "probe_logprob", "token", "entropy") if g in available_groups(ts))
     X_lp = set_features(ts, pa_, groups)
-    y_all = _labels(ts, pa_)
+    y_all = probe_labels(ts, pa_)
     qids = ts.questions.column("question_id").to_pylist()
     qi = np.asarray(ts.question_index, dtype=np.int64)
     samples = np.asarray(ts.column("sample_id"))

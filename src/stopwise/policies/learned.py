@@ -48,7 +48,7 @@ from stopwise.policies.features import FEATURE_GROUPS, ChainFeatures, available_
 from stopwise.policies.single import ProbeArrays, SingleChainFamily, _ChainPolicy, probe_arrays
 from stopwise.stats.split import TRAIN_FRACTION, training_mask
 
-__all__ = ["LearnedExit", "LearnedExitPolicy", "ProbeModel", "train_probe_model"]
+__all__ = ["LearnedExit", "LearnedExitPolicy", "ProbeModel", "probe_labels", "train_probe_model"]
 
 #: inverse ridge penalties tried by the grouped cross-validation
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
@@ -115,7 +115,8 @@ class ProbeModel:
             raise ConfigError(f"learned_exit setting 'model' is malformed: {exc}") from exc
 
 
-def _labels(ts, pa: ProbeArrays) -> np.ndarray:  # noqa: ANN001
+def probe_labels(ts, pa: ProbeArrays) -> np.ndarray:  # noqa: ANN001
+    """The probe's target per probe of ``pa``: 1 where the probe's answer is its chain's final answer."""
     final = np.asarray(ts.column("answer_class", fill=MISSING), dtype=np.int64)
     return ((pa.klass == final[pa.chain]) & (pa.klass != MISSING)).astype(np.int64)
 
@@ -178,7 +179,7 @@ def train_probe_model(
         if len(rows) == 0:
             continue
         Xs.append(set_features(t, pa, groups)[rows])
-        ys.append(_labels(t, pa)[rows])
+        ys.append(probe_labels(t, pa)[rows])
         qs.append(np.asarray([qids[i] for i in qi[rows]], dtype=object))
         ids.update(qids[i] for i in np.flatnonzero(train_q))
     n_q = len({q for arr in qs for q in arr})

@@ -28,6 +28,7 @@ def synthetic_trace_set(
     with_text_lists: bool = False,
     seed: int = 0,
     name: str = "synthetic",
+    id_prefix: str = "q",
 ) -> TraceSet:
     """A random trace set with every numeric field filled (``tokens`` strings optional).
 
@@ -42,6 +43,9 @@ def synthetic_trace_set(
         Probes at every multiple of this position, plus one at the end.
     with_tokens : bool
         Fill the per-position float columns (logprobs, entropy, confidence).
+    id_prefix : str
+        Question ids are this prefix and the question's index (two sets with
+        different prefixes share no question).
 
     Examples
     --------
@@ -53,7 +57,7 @@ def synthetic_trace_set(
     q_rows = {f.name: [] for f in QUESTION_SCHEMA}
     c_rows = {name: [] for name in CHAIN_COLUMNS}
     for qi in range(n_questions):
-        qid = f"q{qi:05d}"
+        qid = f"{id_prefix}{qi:05d}"
         truth = 0
         k = n_chains if n_chains > 0 else int(rng.integers(1, -n_chains + 1))
         q_rows["question_id"].append(qid)
