@@ -11,8 +11,10 @@ Three processes on loopback, started here:
   first token and the gaps between tokens.
 
 For C in 1, 16, 64 it runs the same load directly against the upstream and through the
-proxy, side by side, and reports medians, the ratios, aggregate throughput, and the
-proxy's CPU-seconds per 1,000 streamed tokens (from /proc). Writes JSON.
+proxy, side by side, ``--repeats`` times alternating (one burst is under a second, and
+this machine is shared), and reports the median burst's time to first token, inter-token
+latency and aggregate throughput, the ratios, and the proxy's CPU-seconds per 1,000
+streamed tokens (from /proc). Writes JSON.
 
 Usage::
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rate", type=float, default=200.0, help="upstream tokens/s per stream")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--repeats", type=int, default=5, help="bursts per set-up and concurrency, alternating direct and proxy; medians reported")
     ap.add_argument("--traces", default=None, help="trace set the upstream streams (default: bundled qwq_gsm8k)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "proxy_overhead.json"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -112,13 +115,25 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     try:
         for c in [int(x) for x in args.concurrency.split(",")]:
-            row = {"concurrency": c}
-            for name, url in (("direct", upstream), ("proxy", proxy)):
-                cpu0 = cpu_seconds(px.pid)
-                res = subprocess.run([sys.executable, __file__, "--worker", "--url", url, "--c", str(c), "--tokens", str(args.tokens)], capture_output=True, text=True, check=True)
-                r = json.loads(res.stdout.strip().splitlines()[-1])
-                r["proxy_cpu_s"] = cpu_seconds(px.pid) - cpu0
-                row[name] = r
+            row = {"concurrency": c, "repeats": args.repeats}
+            runs: dict[str, list[dict]] = {"direct": [], "proxy": []}
+            for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both alike
+                for name, url in (("direct", upstream), ("proxy", proxy)):
+                    cpu0 = cpu_seconds(px.pid)
+                    res = subprocess.run([sys.executable, __file__, "--worker", "--url", url, "--c", str(c), "--tokens", str(args.tokens)], capture_output=True, text=True, check=True)
+                    r = json.loads(res.stdout.strip().splitlines()[-1])
+                    r["proxy_cpu_s"] = cpu_seconds(px.pid) - cpu0
+                    runs[name].append(r)
+            for name, rs in runs.items():  # the median run of each measure
+                row[name] = {
+                    "concurrency": c,
+                    "ttft_median_ms": statistics.median(r["ttft_median_ms"] for r in rs),
+                    "itl_median_ms": statistics.median(r["itl_median_ms"] for r in rs if r["itl_median_ms"] is not None),
+                    "tokens": sum(r["tokens"] for r in rs),
+                    "throughput_tok_s": statistics.median(r["throughput_tok_s"] for r in rs),
+                    "proxy_cpu_s": sum(r["proxy_cpu_s"] for r in rs),
+                    "runs": rs,
+                }
             d, p = row["direct"], row["proxy"]
             row["ttft_added_ms"] = p["ttft_median_ms"] - d["ttft_median_ms"]
             row["throughput_ratio"] = p["throughput_tok_s"] / d["throughput_tok_s"]
@@ -141,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "proxy_overhead",
         "command": command_line(argv),
         "upstream_rate_tok_s_per_stream": args.rate,
+        "repeats": args.repeats,
         "tokens_per_stream": args.tokens,
         "machine": machine(),
         "rows": rows,

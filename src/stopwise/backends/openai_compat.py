@@ -20,6 +20,7 @@ stream, which is how every one of these servers learns to stop generating.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import asyncio
@@ -33,6 +34,43 @@ from stopwise.errors import BackendError, MissingExtraError
 
 
 _DONE = object()  # the [DONE] line of a stream
+
+
+class _ClientShards:
+    """httpx clients of at most ``per`` connections each; each request takes the least busy one.
+
+    httpcore's connection pool walks every connection it holds (with a socket poll
+    per idle one) on each request and each release, so one pool's cost per
+    request grows with its size (encode/httpcore#1035): with one pool of 256
+    kept-alive connections, pool bookkeeping was 45% of the proxy's CPU at 64
+    concurrent streams. Small pools bound that walk; clients are made as needed,
+    up to ``max_connections`` connections in all.
+    """
+
+    def __init__(self, make: Any, max_connections: int, per: int = 16) -> None:
+        self.make = make  # per -> httpx.AsyncClient
+        self.per = max(1, min(per, max_connections))
+        self.n_max = max(1, -(-max_connections // self.per))
+        self.clients: list[Any] = []
+        self.busy: list[int] = []
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[Any]:
+        i = min(range(len(self.busy)), key=self.busy.__getitem__) if self.busy else -1
+        if i < 0 or (self.busy[i] >= self.per and len(self.clients) < self.n_max):
+            self.clients.append(self.make(self.per))
+            self.busy.append(0)
+            i = len(self.clients) - 1
+        self.busy[i] += 1
+        try:
+            yield self.clients[i]
+        finally:
+            self.busy[i] -= 1
+
+    async def aclose(self) -> None:
+        for c in self.clients:
+            await c.aclose()
+        self.clients, self.busy = [], []
 
 
 def _httpx():
@@ -134,8 +172,11 @@ class OpenAICompatBackend(Backend):
         self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=10.0, pool=connect_timeout)
         # keep every connection alive (httpx keeps 20 by default): under many concurrent streams the
         # others would reconnect for each request
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._client = httpx.AsyncClient(headers=headers, timeout=self.timeout, limits=limits)
+        self._clients = _ClientShards(
+            lambda per: httpx.AsyncClient(headers=headers, timeout=self.timeout,
+                                          limits=httpx.Limits(max_connections=per, max_keepalive_connections=per)),
+            max_connections,
+        )
         self.n_supported: bool | None = None
         self.token_prompts: bool | None = None
 
@@ -178,7 +219,8 @@ class OpenAICompatBackend(Backend):
         last: BackendError | None = None
         for i in range(attempts):
             try:
-                resp = await self._client.post(self.base + path, json=body)
+                async with self._clients.use() as client:
+                    resp = await client.post(self.base + path, json=body)
                 if resp.status_code >= 400:
                     raise await self._status_error(resp, what)
                 try:
@@ -197,7 +239,8 @@ class OpenAICompatBackend(Backend):
     async def model_id(self) -> str:
         if self._model is None:
             try:
-                resp = await self._client.get(self.base + "/models")
+                async with self._clients.use() as client:
+                    resp = await client.get(self.base + "/models")
                 if resp.status_code >= 400:
                     raise await self._status_error(resp, "GET /v1/models")
                 try:
@@ -219,7 +262,8 @@ class OpenAICompatBackend(Backend):
         """The template the server reports (llama.cpp server's ``/props``), if any."""
         if self._template is None:
             try:
-                resp = await self._client.get(self.root + "/props")
+                async with self._clients.use() as client:
+                    resp = await client.get(self.root + "/props")
                 if resp.status_code == 200:
                     self._template = resp.json().get("chat_template") or None
             except Exception:  # noqa: BLE001 - optional endpoint
@@ -293,7 +337,7 @@ class OpenAICompatBackend(Backend):
     async def _sse(self, path: str, body: dict[str, Any], what: str) -> AsyncIterator[dict[str, Any]]:
         """Yield the JSON events of one streamed request; closing it closes the HTTP stream."""
         try:
-            async with self._client.stream("POST", self.base + path, json=body) as resp:
+            async with self._clients.use() as client, client.stream("POST", self.base + path, json=body) as resp:
                 if resp.status_code >= 400:
                     raise await self._status_error(resp, what)
                 # SSE over the byte stream: split lines on b"\n" ourselves and hand json.loads the bytes
@@ -405,13 +449,15 @@ class OpenAICompatBackend(Backend):
 
     async def _try_token_prompt(self, prompt: str, ids: list, forcing: str, greedy: Sampling) -> dict[str, Any] | None:
         try:
-            resp = await self._client.post(self.root + "/tokenize", json={"model": self._model, "prompt": prompt, "content": prompt})
+            async with self._clients.use() as client:
+                resp = await client.post(self.root + "/tokenize", json={"model": self._model, "prompt": prompt, "content": prompt})
             if resp.status_code != 200:
                 self.token_prompts = False
                 return None
             data = resp.json()
             head = data.get("tokens") or []
-            resp = await self._client.post(self.root + "/tokenize", json={"model": self._model, "prompt": forcing, "content": forcing, "add_special": False})
+            async with self._clients.use() as client:
+                resp = await client.post(self.root + "/tokenize", json={"model": self._model, "prompt": forcing, "content": forcing, "add_special": False})
             tail = resp.json().get("tokens") or [] if resp.status_code == 200 else None
             if not head or tail is None or not all(isinstance(t, int) for t in head + tail):
                 self.token_prompts = False
@@ -429,4 +475,4 @@ class OpenAICompatBackend(Backend):
             return None
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._clients.aclose()
