@@ -132,6 +132,34 @@ def test_embedded_backend_streams_and_cancels(smollm2_path):
     asyncio.run(main())
 
 
+def test_requests_beyond_the_free_slots_wait_in_line(smollm2_path):
+    """More concurrent streams than sequence slots: the extra ones wait for slots and then run
+    (token-identical to running alone); with no time to wait, the extra one fails, retryable."""
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.errors import BackendError
+
+    async def main():
+        be = EmbeddedBackend(smollm2_path, n_ctx_seq=256, n_seq_max=2)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "Name a fruit."}])
+
+            async def one(seed):
+                return [st.text async for st in be.stream(prompt, Sampling(temperature=0.9, max_tokens=10, seed=seed))]
+
+            together = await asyncio.gather(*(one(s) for s in range(5)))
+            alone = [await one(s) for s in range(5)]
+            assert together == alone and all(len(t) == 10 for t in together)
+            assert be.engine.free_seqs == 2
+            be.admission_timeout = 0.05
+            res = await asyncio.gather(*(one(s) for s in range(3)), return_exceptions=True)
+            errs = [r for r in res if isinstance(r, BaseException)]
+            assert errs and all(isinstance(e, BackendError) and e.retryable and "slots" in str(e) for e in errs)
+        finally:
+            await be.aclose()
+
+    asyncio.run(main())
+
+
 def test_probe_at_a_past_position_equals_the_probe_taken_then(engine):
     """A probe asked late (the chain moved on, or finished and was released) sees the same prefix."""
     ids = engine.tokenize_prompt(PROMPT)

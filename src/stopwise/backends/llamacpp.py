@@ -178,6 +178,10 @@ class EngineEvent:
     finish_reason: str | None = None
 
 
+class SlotsFull(BackendError):
+    """Not enough free sequence slots for the chains asked for (right now)."""
+
+
 class BatchEngine:
     """Batched decoding of many chains over one llama.cpp context.
 
@@ -304,7 +308,7 @@ class BatchEngine:
         if not prompt_tokens:
             raise ConfigError("empty prompt")
         if len(samplings) > len(self._free_seqs):
-            raise BackendError(
+            raise SlotsFull(
                 f"{len(samplings)} chains requested but only {len(self._free_seqs)} sequence slots are free",
                 retryable=True,
                 hint="wait for running chains to finish or raise n_seq_max",
@@ -636,6 +640,9 @@ class EmbeddedBackend(Backend):
         ``embedded`` (Qwen2.5-Coder-0.5B-Instruct), ``embedded-1.5b``, ``smollm2`` or a GGUF path.
     n_ctx_seq, n_seq_max, n_threads :
         Passed to :class:`BatchEngine`.
+    admission_timeout : float
+        Seconds a request waits in line for free sequence slots before it fails
+        (retryable); chains end within their ``max_tokens``, so slots do free up.
     """
 
     capabilities = Capabilities(
@@ -648,7 +655,8 @@ class EmbeddedBackend(Backend):
         token_ids=True,
     )
 
-    def __init__(self, model: str = "embedded", *, n_ctx_seq: int = 2048, n_seq_max: int = 32, n_threads: int | None = None):
+    def __init__(self, model: str = "embedded", *, n_ctx_seq: int = 2048, n_seq_max: int = 32, n_threads: int | None = None,
+                 admission_timeout: float = 600.0):
         from stopwise.models import resolve_model
 
         self.resolved = resolve_model(model)
@@ -661,6 +669,8 @@ class EmbeddedBackend(Backend):
         self._probe_futs: dict[tuple[int, int, str], asyncio.Future] = {}
         self._futs_lock = threading.Lock()  # the worker thread resolves, the event loop registers and cancels
         self._closed = False
+        self.admission_timeout = float(admission_timeout)
+        self._admission: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._thread = threading.Thread(target=self._run, name="stopwise-llamacpp", daemon=True)
         self._thread.start()
 
@@ -720,14 +730,36 @@ class EmbeddedBackend(Backend):
             self._lock.notify()
 
     async def _submit(self, prompt: str, samplings: Sequence[Sampling]) -> tuple[list[int], asyncio.Queue]:
+        return await self._submit_ids(self.engine.tokenize_prompt(prompt), samplings)
+
+    async def _submit_ids(self, ids: list[int], samplings: Sequence[Sampling] | Sampling) -> tuple[list[int], asyncio.Queue]:
+        """Start chains on ``ids``; when every sequence slot is taken, wait in line (first come, first
+        served) for running chains to finish, up to ``admission_timeout`` seconds."""
+        samplings = [samplings] if isinstance(samplings, Sampling) else list(samplings)
+        loop = asyncio.get_running_loop()
+        if self._admission is None or self._admission[0] is not loop:
+            self._admission = (loop, asyncio.Lock())
+        deadline = loop.time() + self.admission_timeout
+        async with self._admission[1]:
+            while True:
+                try:
+                    return await self._try_submit(ids, samplings)
+                except SlotsFull as exc:
+                    if len(samplings) > self.engine.n_seq_max or loop.time() >= deadline:
+                        raise BackendError(
+                            f"{exc} (waited {self.admission_timeout:g} s)" if len(samplings) <= self.engine.n_seq_max else str(exc),
+                            retryable=True, hint=exc.hint,
+                        ) from exc
+                    await asyncio.sleep(0.02)
+
+    async def _try_submit(self, ids: list[int], samplings: list[Sampling]) -> tuple[list[int], asyncio.Queue]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
         q: asyncio.Queue = asyncio.Queue()
-        tokens = self.engine.tokenize_prompt(prompt)
 
         def cmd() -> None:
             try:
-                cids = self.engine.submit(tokens, samplings)
+                cids = self.engine.submit(ids, samplings)
                 for cid in cids:
                     self._queues[cid] = (loop, q)
                 loop.call_soon_threadsafe(fut.set_result, cids)
@@ -776,22 +808,6 @@ class EmbeddedBackend(Backend):
                 n += 1
             elif ev.kind == "finished":
                 return text.decode("utf-8", errors="replace"), lp, len(ids), n
-
-    async def _submit_ids(self, ids: list[int], sampling: Sampling):
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-        q: asyncio.Queue = asyncio.Queue()
-
-        def cmd() -> None:
-            try:
-                cids = self.engine.submit(ids, [sampling])
-                self._queues[cids[0]] = (loop, q)
-                loop.call_soon_threadsafe(fut.set_result, cids)
-            except Exception as exc:  # noqa: BLE001
-                loop.call_soon_threadsafe(fut.set_exception, exc)
-
-        self._call(cmd)
-        return await fut, q
 
     async def open_chain(self, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> ChainHandle:
         """A chain whose probes copy its KV cells (no prefix re-prefill) while it keeps decoding."""

@@ -20,10 +20,9 @@ stream, which is how every one of these servers learns to stop generating.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-
-import asyncio
 import json
 import math
 from collections.abc import AsyncIterator, Sequence

@@ -112,7 +112,10 @@ def make_backend(spec: str, settings: ServeSettings) -> Backend:
         return OpenAICompatBackend(spec, read_timeout=settings.upstream_timeout_s)
     from stopwise.backends.llamacpp import EmbeddedBackend
 
-    return EmbeddedBackend(spec, n_seq_max=max(8, 2 * settings.max_chains + 2))
+    # slots for one request's chains and probes, and for one chain per concurrent request; past
+    # that, requests wait in line for slots (the backend's admission) instead of failing
+    return EmbeddedBackend(spec, n_seq_max=min(64, max(8, 2 * settings.max_chains + 2, settings.max_concurrent + 2)),
+                           admission_timeout=settings.upstream_timeout_s)
 
 
 class Metrics:
