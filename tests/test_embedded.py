@@ -133,8 +133,9 @@ def test_embedded_backend_streams_and_cancels(smollm2_path):
 
 
 def test_requests_beyond_the_free_slots_wait_in_line(smollm2_path):
-    """More concurrent streams than sequence slots: the extra ones wait for slots and then run
-    (token-identical to running alone); with no time to wait, the extra one fails, retryable."""
+    """More concurrent streams than sequence slots: the extra ones wait for slots and then run; with
+    no time to wait, the extra one fails, retryable. (Token identity with running alone is not
+    asserted: llama.cpp's logits depend on what else is in the batch.)"""
     from stopwise.backends.llamacpp import EmbeddedBackend
     from stopwise.errors import BackendError
 
@@ -147,8 +148,7 @@ def test_requests_beyond_the_free_slots_wait_in_line(smollm2_path):
                 return [st.text async for st in be.stream(prompt, Sampling(temperature=0.9, max_tokens=10, seed=seed))]
 
             together = await asyncio.gather(*(one(s) for s in range(5)))
-            alone = [await one(s) for s in range(5)]
-            assert together == alone and all(len(t) == 10 for t in together)
+            assert all(len(t) == 10 for t in together)
             assert be.engine.free_seqs == 2
             be.admission_timeout = 0.05
             res = await asyncio.gather(*(one(s) for s in range(3)), return_exceptions=True)
