@@ -40,14 +40,15 @@ def main(argv: list[str] | None = None) -> dict:
     from stopwise.traces import read_trace_set
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--a", default=str(bundled_path("gsm8k_qwen05")))
-    ap.add_argument("--b", default=str(bundled_path("chain_sum_qwen05")))
+    ap.add_argument("--a", default=None, help="trace set directory (default: bundled gsm8k_qwen05)")
+    ap.add_argument("--b", default=None, help="trace set directory (default: bundled chain_sum_qwen05)")
     ap.add_argument("--epsilon", type=float, action="append", help="repeatable; default 0.05 and 0.1")
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--out", default=str(RESULTS / "transfer.json"))
     args = ap.parse_args(argv)
     eps = tuple(args.epsilon or (0.05, 0.1))
-    a, b = read_trace_set(args.a), read_trace_set(args.b)
+    a = read_trace_set(args.a or bundled_path("gsm8k_qwen05"))
+    b = read_trace_set(args.b or bundled_path("chain_sum_qwen05"))
     reports = [transfer_report(a, b, epsilons=eps, delta=args.delta), transfer_report(b, a, epsilons=eps, delta=args.delta)]
     for rep in reports:
         print(f"\n{rep['source'][0]} -> {rep['target']}")
