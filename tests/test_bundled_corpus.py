@@ -1,5 +1,6 @@
-"""The bundled logprob corpus collected with the embedded model loads, carries what a
-collected set must carry, and feeds every token-level and probe-based family in bench."""
+"""The bundled logprob corpora collected with the embedded model (GSM8K and reasoning-gym
+chain_sum) load, carry what a collected set must carry, and feed every token-level and
+probe-based family in bench."""
 
 import numpy as np
 import pytest
@@ -14,7 +15,13 @@ def corpus():
     return read_trace_set(bundled_path("gsm8k_qwen05"))
 
 
-def test_collected_corpus_has_logprobs_probes_and_provenance(corpus):
+@pytest.fixture(scope="module", params=["gsm8k_qwen05", "chain_sum_qwen05"])
+def collected(request):
+    return read_trace_set(bundled_path(request.param))
+
+
+def test_collected_corpus_has_logprobs_probes_and_provenance(collected):
+    corpus = collected
     for col in ("token_logprobs", "top_logprobs", "top_tokens", "entropy", "token_confidence", "probe_position", "probe_cost", "correct"):
         assert corpus.has(col), col
     prov = corpus.provenance
@@ -26,7 +33,8 @@ def test_collected_corpus_has_logprobs_probes_and_provenance(corpus):
     assert np.all(lp <= 1e-6)
 
 
-def test_corpus_feeds_token_level_and_probe_based_families(corpus):
+def test_corpus_feeds_token_level_and_probe_based_families(collected):
+    corpus = collected
     fams, skipped = applicable_families(corpus, None, "disagreement")
     names = {f.name for f in fams}
     assert {"probe_confidence", "answer_convergence", "deepconf_online", "token_budget", "majority_vote", "adaptive_consistency"} <= names, skipped
