@@ -18,10 +18,11 @@ chain, which is where the speed-up comes from).
   ``numpy.random.Generator`` per chain, so a chain's tokens depend only on its
   seed and its logits. The logits themselves are **not** independent of the
   batch: llama.cpp's CPU matrix kernels round differently for different batch
-  widths, so the same seed alone and beside 3 or 7 other chains drifts apart
-  after a few to a few dozen tokens (measured on the 0.5B model). A chain is
-  reproducible only with the same batch composition; probes do not change it
-  (they decode in a call of their own).
+  widths, so the same seed alone and beside other chains can drift apart
+  (``benchmarks/batch_determinism.py``: on the 0.5B model, beside 7 other
+  chains from token 38, beside 3 not within 200 tokens). A chain is
+  reproducible with the same batch composition; probes do not change it (they
+  decode in a call of their own).
 * Per generated position, from the logits with numpy: the chosen token's raw
   logprob (log-softmax at temperature 1), the top-5 tokens with logprobs, the
   full-vocabulary entropy and DeepConf's token confidence (minus the mean of the

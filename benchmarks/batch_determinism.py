@@ -1,0 +1,71 @@
+"""Does a chain's seed fix its tokens whatever else is in the batch? (Embedded llama.cpp, on the CPU.)
+
+One chain (fixed prompt and seed, temperature 0.7, top-p 0.95, top-k 40, 200 tokens)
+is decoded alone, then beside 7 and 3 chains of another prompt, on the same
+engine. Prints the first position where its tokens differ from the run alone
+(None: identical) and writes JSON. The answer matters for anything that relies
+on "same seed, same chain" across different loads: the end-to-end benchmark
+and the drift monitor's shadow runs (see the README).
+
+Usage::
+
+    python benchmarks/batch_determinism.py [--model embedded] [--out results/batch_determinism.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import command_line, machine, write_result  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+P1 = "A farmer has 17 cows and buys 3 times as many sheep. How many animals? Think step by step."
+P2 = "Tom reads 12 pages a day for 9 days. How many pages? Think step by step."
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from stopwise.backends.base import Sampling
+    from stopwise.backends.llamacpp import BatchEngine, chat_template, render_chat_template
+    from stopwise.models import resolve_model
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--out", default=str(RESULTS / "batch_determinism.json"))
+    args = ap.parse_args(argv)
+    model = resolve_model(args.model)
+    eng = BatchEngine(str(model.path), n_ctx_seq=1024, n_seq_max=12)
+    tpl = chat_template(eng.metadata)
+    p1, p2 = (eng.tokenize_prompt(render_chat_template(tpl, [{"role": "user", "content": q}])) for q in (P1, P2))
+
+    def run(others: int) -> list[str]:
+        s = dict(temperature=0.7, top_p=0.95, top_k=40, max_tokens=args.tokens)
+        (cid,) = eng.submit(p1, [Sampling(seed=1234, **s)])
+        if others:
+            eng.submit(p2, [Sampling(seed=k, **s) for k in range(others)])
+        toks: list[str] = []
+        while eng.n_active:
+            toks += [ev.step.text for ev in eng.step() if ev.kind == "token" and ev.chain == cid]
+        return toks
+
+    alone = run(0)
+    rows = [{"others_in_batch": 0, "tokens": len(alone), "first_difference": None}]
+    for others in (7, 3, 0):
+        toks = run(others)
+        diff = next((i for i, (a, b) in enumerate(zip(alone, toks)) if a != b), None)
+        if diff is None and len(toks) != len(alone):
+            diff = min(len(toks), len(alone))
+        rows.append({"others_in_batch": others, "tokens": len(toks), "first_difference": diff})
+        print(f"beside {others} other chains: {len(toks)} tokens, first difference from the run alone at "
+              f"{'none (identical)' if diff is None else f'token {diff}'}")
+    doc = {"benchmark": "batch_determinism", "command": command_line(argv), "model": model.title,
+           "model_sha256": model.sha256, "machine": machine(), "rows": rows}
+    write_result(args.out, doc)
+    return doc
+
+
+if __name__ == "__main__":
+    main()
