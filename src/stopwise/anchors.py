@@ -233,7 +233,7 @@ def _probe_auroc(model: ProbeModel, ts: TraceSet, questions: np.ndarray) -> dict
         return {"auroc": None, "probes": 0, "positive_share": None}
     X = set_features(ts, pa, model.groups)[rows]
     y = probe_labels(ts, pa)[rows].astype(bool)
-    return {"auroc": auroc(np.array([model.score(x) for x in X]), y), "probes": int(len(rows)), "positive_share": float(y.mean())}
+    return {"auroc": auroc(model.scores(X), y), "probes": int(len(rows)), "positive_share": float(y.mean())}
 
 
 def transfer_report(

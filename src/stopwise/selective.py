@@ -130,7 +130,7 @@ def learned_probe_score(ts) -> tuple[np.ndarray, np.ndarray] | None:  # noqa: AN
     except ConfigError:
         return None
     pa = probe_arrays(ts)
-    p = np.array([model.score(x) for x in set_features(ts, pa, model.groups)], dtype=np.float64)  # as learned_exit scores them
+    p = model.scores(set_features(ts, pa, model.groups))  # as learned_exit scores them
     answered = np.flatnonzero(pa.klass != MISSING)
     last = np.full(ts.n_chains, np.nan)
     last[pa.chain[answered]] = p[answered]  # later probes overwrite earlier ones: the last answered probe wins

@@ -91,6 +91,10 @@ class ProbeModel:
         z = self.logit(x)
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """:meth:`score` of every row of ``X`` (row by row: the same arithmetic as the event-driven policy)."""
+        return np.array([self.score(x) for x in X], dtype=np.float64)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["format"] = MODEL_FORMAT
@@ -333,7 +337,7 @@ class LearnedExit(SingleChainFamily):
     def _prepare(self, ts, pa: ProbeArrays) -> np.ndarray:  # noqa: ANN001
         model = self._need_model()
         X = set_features(ts, pa, model.groups)
-        return np.array([model.score(x) for x in X], dtype=np.float64)
+        return model.scores(X)
 
     def _stop(self, pa: ProbeArrays, value, prep=None) -> np.ndarray:  # noqa: ANN001
         return pa.first((pa.klass != MISSING) & (prep >= float(value)))
