@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         wait_up(url, timeout=300)
         client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=1800)
 
-        def ask(k: int, i: int, policy: str, seed: int) -> tuple[float, dict, str]:
+        def ask(i: int, policy: str, seed: int) -> tuple[float, dict, str]:
             msgs = [{"role": "system", "content": MATH_SYSTEM}, {"role": "user", "content": questions[i]}]
             t0 = time.perf_counter()
             r = client.chat.completions.create(model=args.model, messages=msgs, temperature=0.7, top_p=0.95,
@@ -122,16 +122,16 @@ def main(argv: list[str] | None = None) -> dict:
             return time.perf_counter() - t0, r.model_extra.get("stopwise") or {}, r.choices[0].message.content or ""
 
         def one(setup: str, k: int, i: int) -> dict:
-            # Question k's chains use seeds base, base+1, ...: the policy's chain j is the passthrough's request j.
+            # question k's chain j has seed base + j in every set-up (same seeds, not the same chains: see the docstring)
             base = args.seed + 1000 * k
             if setup == "policy":
-                wall, sw, _ = ask(k, i, doc["family"], base)
+                wall, sw, _ = ask(i, doc["family"], base)
                 ans, tokens, chains = sw.get("answer"), int(sw.get("generated_tokens", 0) + sw.get("probe_tokens", 0)), sw.get("chains")
             else:
                 n = 1 if setup == "off" else k_vote
                 t0 = time.perf_counter()
                 with ThreadPoolExecutor(n) as pool:  # the n chains of a self-consistency client, sent at once
-                    outs = list(pool.map(lambda j: ask(k, i, "off", base + j), range(n)))
+                    outs = list(pool.map(lambda j: ask(i, "off", base + j), range(n)))
                 wall = time.perf_counter() - t0
                 answers = [extract_answer(text) for _, _, text in outs]
                 ids = cluster_answers(answers, checker).ids

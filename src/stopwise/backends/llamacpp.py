@@ -751,11 +751,10 @@ class EmbeddedBackend(Backend):
                 try:
                     return await self._try_submit(ids, samplings)
                 except SlotsFull as exc:
-                    if len(samplings) > self.engine.n_seq_max or loop.time() >= deadline:
-                        raise BackendError(
-                            f"{exc} (waited {self.admission_timeout:g} s)" if len(samplings) <= self.engine.n_seq_max else str(exc),
-                            retryable=True, hint=exc.hint,
-                        ) from exc
+                    if len(samplings) > self.engine.n_seq_max:
+                        raise  # more chains than there are slots: waiting cannot help
+                    if loop.time() >= deadline:
+                        raise BackendError(f"{exc.message} (waited {self.admission_timeout:g} s)", retryable=True, hint=exc.hint) from exc
                     await asyncio.sleep(0.02)
 
     async def _try_submit(self, ids: list[int], samplings: list[Sampling]) -> tuple[list[int], asyncio.Queue]:
