@@ -1,5 +1,6 @@
 """`stopwise collect` on a real small model: a valid trace set, and a killed run resumes exactly."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stopwise.backends.llamacpp import build_info
 from stopwise.collect import CollectConfig, collect, read_chunks
 from stopwise.errors import ConfigError
 from stopwise.traces.io import read_trace_set
@@ -38,6 +40,10 @@ def test_collect_writes_a_valid_set_with_probes_and_provenance(tmp_path, smollm2
     assert prov.model_sha256 == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert prov.forcing_string and "temperature 1" in prov.logprob_convention
     assert prov.sampling["temperature"] == 0.7 and "collect" in prov.command
+    # each chain names the llama.cpp build that decoded it (builds round logits differently)
+    build = build_info()
+    assert {json.loads(r["metadata"])["build"] for r in rows} == {build}
+    assert f"llama.cpp builds: {build}: 13 chains" in prov.notes
 
 
 def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, smollm2_path):

@@ -365,7 +365,7 @@ def collect(
                 # chains are done when finished and no probe of theirs is in flight
                 for cid in [c for c, lc in live.items() if lc.finish and not engine.has_probes(c)]:
                     lc = live.pop(cid)
-                    buffer.append(_record(lc, cfg))
+                    buffer.append(_record(lc, cfg, build=engine.build))
                     new_chains += 1
                     q_left[lc.item.question_id] -= 1
                     if q_left[lc.item.question_id] == 0:
@@ -504,7 +504,7 @@ async def _collect_http(
     return n_done0 + counters["new"] >= total
 
 
-def _record(lc: _Live, cfg: CollectConfig) -> dict[str, Any]:
+def _record(lc: _Live, cfg: CollectConfig, build: str | None = None) -> dict[str, Any]:
     from stopwise.answers import extract_answer, find_candidates
 
     text = b"".join(lc.raw).decode("utf-8", errors="replace")
@@ -545,7 +545,8 @@ def _record(lc: _Live, cfg: CollectConfig) -> dict[str, Any]:
         "probe_cost": [p[3] for p in probes],
         "probe_cue": [p[4] for p in probes],
         "first_candidate_position": first,
-        "metadata": json.dumps({"seed": lc.seed}),
+        # the llama.cpp build: builds for other CPU features round the logits differently
+        "metadata": json.dumps({"seed": lc.seed, **({"build": build} if build else {})}),
     }
     if lc.item.grade is not None:
         rec["correct"] = bool(lc.item.grade(answer))
@@ -619,11 +620,23 @@ def assemble(
         license=f"questions: {ds.license}; outputs of {resolved.title} (Apache-2.0 upstream)",
         stopwise_version=__version__,
         notes=f"{len(keep)} of {len(items)} questions complete" + ("" if len(keep) == len(items) else " (partial collection)")
+        + ("" if http else f"; {_builds_note(chains)}")
         + (f"; assembled by: {assembled_by}" if assembled_by else ""),
         collect=cfg.identity(),
     )
     ts = build_trace_set(name or out.name, questions, chains, prov)
     return write_trace_set(ts, out, overwrite=True)
+
+
+def _builds_note(chains: list[dict[str, Any]]) -> str:
+    """Which llama.cpp builds decoded the chains, with counts (chains collected before
+    builds were recorded are counted as such)."""
+    counts: dict[str, int] = {}
+    for r in chains:
+        m = r.get("metadata") or {}
+        b = (json.loads(m) if isinstance(m, str) else m).get("build", "not recorded")
+        counts[b] = counts.get(b, 0) + 1
+    return "llama.cpp builds: " + ", ".join(f"{b}: {n} chains" for b, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def collection_status(out: str | os.PathLike[str]) -> dict[str, Any]:

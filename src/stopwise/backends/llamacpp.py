@@ -264,6 +264,7 @@ class BatchEngine:
         self._eog = np.array([llama_cpp.llama_vocab_is_eog(self.model.vocab, i) for i in range(self.n_vocab)])
         self.metadata = self.model.metadata()
         self.tokens_decoded = 0
+        self.build = build_info(llama_cpp)
 
     # ---- vocabulary -------------------------------------------------------------------------
 
@@ -571,6 +572,29 @@ class BatchEngine:
 
 
 _LOG_CB = None
+
+
+def build_info(llama_cpp: Any = None) -> str:
+    """The llama.cpp build in use: llama-cpp-python's version and the CPU features its
+    kernels were compiled for (e.g. ``llama-cpp-python 0.3.36 (AVX2 FMA F16C)``).
+
+    Different builds round the logits differently (an AVX-512 build is not
+    bit-identical to the portable AVX2 one), so a collection records it per chain.
+    """
+    if llama_cpp is None:
+        llama_cpp, _ = _import_llama_cpp()
+    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    flags = []
+    for part in info.split("|"):  # "CPU : SSE3 = 1 | AVX = 1 | ..."
+        key, _, val = part.partition("=")
+        key = key.split(":")[-1].strip()
+        if val.strip() == "1" and key in _KERNEL_FLAGS:
+            flags.append(key)
+    return f"llama-cpp-python {llama_cpp.__version__} ({' '.join(flags) or 'no SIMD flags'})"
+
+
+_KERNEL_FLAGS = {"AVX", "AVX2", "AVX_VNNI", "FMA", "F16C", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16",
+                 "AMX_INT8", "AMX_BF16", "NEON", "ARM_FMA", "SVE"}
 
 
 def _silent_log(llama_cpp):
