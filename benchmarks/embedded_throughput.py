@@ -19,6 +19,8 @@ Usage::
 
     python benchmarks/embedded_throughput.py                      # embedded 0.5B, 128 tokens
     python benchmarks/embedded_throughput.py --model smollm2 --tokens 64
+    # the same with the AVX-512 build of scripts/build_native_llama.sh (collection only)
+    PYTHONPATH=build/native/site python benchmarks/embedded_throughput.py --out benchmarks/results/embedded_throughput_avx512.json
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     msgs = [{"role": "system", "content": MATH_SYSTEM}, {"role": "user", "content": QUESTION}]
     prompt = render_chat_template(eng.metadata["tokenizer.chat_template"], msgs)
     ids = eng.tokenize_prompt(prompt)
+    print(f"{model.title}, {eng.build}, {args.threads} threads", flush=True)
 
     def batch_run(n: int) -> tuple[int, float]:
         eng.submit(ids, [Sampling(0.7, 0.95, 40, args.tokens, seed=100 + i) for i in range(n)])
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model_sha256": model.sha256,
         "max_tokens": args.tokens,
         "threads": args.threads,
+        "llama_cpp_build": eng.build,
         "machine": machine(),
         "rows": rows,
     }

@@ -44,6 +44,10 @@ def test_collect_writes_a_valid_set_with_probes_and_provenance(tmp_path, smollm2
     build = build_info()
     assert {json.loads(r["metadata"])["build"] for r in rows} == {build}
     assert f"llama.cpp builds: {build}: 13 chains" in prov.notes
+    # the run's wall-clock and tokens are logged and summed into the provenance
+    runs = prov.model_extra["collection_runs"]
+    assert runs["runs"] == 1 and runs["chains"] == 13 and runs["tokens"] == sum(r["n_tokens"] for r in rows)
+    assert runs["wall_seconds"] > 0 and runs["tokens_per_s"] > 0
 
 
 def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, smollm2_path):
@@ -65,6 +69,14 @@ def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, sm
     ts = read_trace_set(out)
     keys = [(r["question_id"], r["sample_id"]) for r in ts.chains.select(["question_id", "sample_id"]).to_pylist()]
     assert len(keys) == len(set(keys)) == 13
+    # both runs are in the run log; the resumed one wrote exactly the chains the killed one had not
+    runs = ts.provenance.model_extra["collection_runs"]
+    assert runs["runs"] == 2
+    last = {}
+    for line in (out.with_name(out.name + ".collect") / "runs.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        last[rec["run"]] = rec
+    assert last[max(last)]["chains"] == 13 - len(partial)
     # the chains are the ones an uninterrupted run makes (each is seeded by question and sample)
     clean = tmp_path / "clean2"
     r = cli(*ARGS, "--out", str(clean))

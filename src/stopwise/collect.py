@@ -158,6 +158,44 @@ def _write_chunk(chunks: Path, records: list[dict[str, Any]]) -> None:
         os.close(fd)
 
 
+class _RunLog:
+    """Wall-clock of each collection run, appended to ``runs.jsonl`` in the state folder at
+    every chunk flush (a killed run keeps what it logged at its last flush, like its chains)."""
+
+    def __init__(self, state: Path, build: str | None) -> None:
+        self.path = state / "runs.jsonl"
+        self.started = time.time()
+        self.t0 = time.monotonic()
+        self.build = build
+
+    def record(self, chains: int, tokens: int) -> None:
+        line = {"run": round(self.started, 3), "seconds": round(time.monotonic() - self.t0, 1), "chains": chains,
+                "tokens": tokens, "build": self.build}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _runs_summary(state: Path) -> dict[str, Any] | None:
+    """Totals over the logged runs (the last line of each run counts): wall-clock, chains, tokens."""
+    path = state / "runs.jsonl"
+    if not path.is_file():
+        return None
+    last: dict[float, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            last[rec["run"]] = rec
+        except (ValueError, KeyError, TypeError):
+            continue  # a line torn by a kill mid-write
+    if not last:
+        return None
+    secs = sum(r["seconds"] for r in last.values())
+    toks = sum(r["tokens"] for r in last.values())
+    return {"runs": len(last), "wall_seconds": round(secs, 1), "chains": sum(r["chains"] for r in last.values()),
+            "tokens": toks, "tokens_per_s": round(toks / secs, 2) if secs else None,
+            "first_run": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(last)))}
+
+
 def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConfig) -> int:
     """Add the chains of an assembled trace set (same collection settings) as a chunk.
 
@@ -332,6 +370,7 @@ def collect(
         t0 = time.monotonic()
         tokens = 0
         new_chains = 0
+        run = _RunLog(state, engine.build)
         q_left: dict[str, int] = {}
         for it, m in todo:
             q_left[it.question_id] = q_left.get(it.question_id, 0) + len(m)
@@ -382,6 +421,7 @@ def collect(
                     _write_chunk(state / "chunks", buffer)
                     buffer = []
                     last_flush = now
+                    run.record(new_chains, tokens)
                 if progress is not None:
                     progress(
                         {
@@ -397,6 +437,7 @@ def collect(
         finally:
             if buffer:
                 _write_chunk(state / "chunks", buffer)
+            run.record(new_chains, tokens)
         if stopping and n_done0 + new_chains < total:
             return None
     return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False)
@@ -448,6 +489,7 @@ async def _collect_http(
         q_left[it.question_id] = q_left.get(it.question_id, 0) + len(m)
     t0 = time.monotonic()
     last_flush = [t0]
+    run = _RunLog(state, None)
     stop = asyncio.Event()
 
     async def probe(prompt: str, prefix: list[Any], pos: int, cue: str) -> tuple[int, str | None, float, int, str]:
@@ -480,6 +522,7 @@ async def _collect_http(
                 _write_chunk(state / "chunks", buffer[:])
                 buffer.clear()
                 last_flush[0] = now
+                run.record(counters["new"], counters["tokens"])
             if stop_after_chains is not None and counters["new"] >= stop_after_chains:
                 stop.set()
             if progress is not None:
@@ -500,6 +543,7 @@ async def _collect_http(
     finally:
         if buffer:
             _write_chunk(state / "chunks", buffer)
+        run.record(counters["new"], counters["tokens"])
         await be.aclose()
     return n_done0 + counters["new"] >= total
 
@@ -623,6 +667,7 @@ def assemble(
         + ("" if http else f"; {_builds_note(chains)}")
         + (f"; assembled by: {assembled_by}" if assembled_by else ""),
         collect=cfg.identity(),
+        collection_runs=_runs_summary(state),
     )
     ts = build_trace_set(name or out.name, questions, chains, prov)
     return write_trace_set(ts, out, overwrite=True)
