@@ -87,6 +87,25 @@ def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, sm
     assert a == b
 
 
+def test_sigterm_stops_cleanly_keeping_every_finished_chain(tmp_path, smollm2_path):
+    """`kill PID` (and Ctrl-C) flush the finished chains held in memory, log the run and exit 130."""
+    out = tmp_path / "termed"
+    state = out.with_name(out.name + ".collect")
+    p = cli(*ARGS, "--flush-every", "2", "--out", str(out))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((state / "chunks").glob("chunk-*.parquet")):
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "run the same command to continue" in err
+    kept = read_chunks(state)
+    assert 2 <= len(kept) < 13, "the signal should land mid-collection"
+    last = json.loads((state / "runs.jsonl").read_text().splitlines()[-1])
+    assert last["chains"] == len(kept), "the run's last log line is written after the final flush"
+    assert not (out / "manifest.json").exists()
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, smollm2_path):
     cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=1, chains=1, max_tokens=4, probe_every=0)
     collect(cfg, tmp_path / "x")

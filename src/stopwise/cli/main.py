@@ -94,9 +94,7 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--seed-from", default=None, type=click.Path(exists=True, path_type=Path), help="A set assembled from an earlier collection with the same settings: its chains count as done.")
 def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chains_first: str | None, forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
     """Collect a trace set (chains, logprobs, probes) from a model; resumable."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    from stopwise.collect import CollectConfig, assemble, collect
+    from stopwise.collect import CollectConfig, assemble
     from stopwise.errors import ConfigError
 
     if assemble_partial:
@@ -114,6 +112,27 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chain
         cf = (m, k)
     extra = {"forcing": forcing} if forcing is not None else {}
     cfg = CollectConfig(chains_first=cf, cue_probes=not no_cue_probes, **extra, **kw)
+    # Ctrl-C or `kill PID` stops cleanly: the finished chains in memory are flushed first
+    # (SIGINT is set explicitly: a shell starts background jobs with it ignored)
+    import signal
+
+    def _stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+    try:
+        _collect_with_progress(cfg, out, seed_from)
+    except KeyboardInterrupt:
+        err_console.print(f"stopped; the finished chains are kept in {out}.collect: run the same command to continue")
+        raise SystemExit(130) from None
+
+
+def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from stopwise.collect import collect
+
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
