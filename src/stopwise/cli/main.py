@@ -119,13 +119,15 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chain
     def _stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _collect_with_progress(cfg, out, seed_from)
     except KeyboardInterrupt:
         err_console.print(f"stopped; the finished chains are kept in {out}.collect: run the same command to continue")
         raise SystemExit(130) from None
+    finally:  # a caller that runs the CLI in-process gets its own handlers back
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None) -> None:
