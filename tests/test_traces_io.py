@@ -31,6 +31,27 @@ def test_round_trip_same_hash_and_content(tmp_path):
     assert manifest["schema_version"] == 1 and manifest["content_hash"] == ts.content_hash
 
 
+def test_float_columns_are_byte_stream_split_and_exact(tmp_path):
+    """Logprob and entropy columns are stored byte-stream-split without a dictionary
+    (smaller: benchmarks/trace_storage.py), and every float, NaN included, reads back bit for bit."""
+    import pyarrow.parquet as pq
+
+    ts = synthetic_trace_set(12, -3, seed=5)
+    out = write_trace_set(ts, tmp_path / "set")
+    md = pq.ParquetFile(out / "chains.parquet").metadata
+    encodings = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i).encodings
+                 for i in range(md.num_columns)}
+    floats = [p for p in encodings if p.split(".")[0] in ("token_logprobs", "top_logprobs", "entropy", "token_confidence")]
+    assert len(floats) == 4
+    for p in floats:
+        assert "BYTE_STREAM_SPLIT" in encodings[p] and "RLE_DICTIONARY" not in encodings[p], (p, encodings[p])
+    assert "RLE_DICTIONARY" in encodings["question_id"]
+    back = read_trace_set(out)
+    for col in ("token_logprobs", "entropy", "token_confidence"):
+        v1, v2 = ts.list_column(col)[1], back.list_column(col)[1]
+        np.testing.assert_array_equal(np.asarray(v1, np.float32).view(np.uint32), np.asarray(v2, np.float32).view(np.uint32))
+
+
 def test_hash_independent_of_row_order():
     ts = synthetic_trace_set(10, 3, seed=1)
     shuffled = ts.chains.take(np.random.default_rng(0).permutation(ts.n_chains))
