@@ -61,13 +61,14 @@ def _round_mantissa(table, bits: int):
 
 def _max_error(a, b) -> float:
     import numpy as np
+    import pyarrow as pa
 
     from stopwise.traces.io import _float_columns
 
     worst = 0.0
     for name in _float_columns(a.schema):
         x, y = a[name].combine_chunks(), b[name].combine_chunks()
-        while hasattr(x, "flatten") and hasattr(x.type, "value_type"):
+        while pa.types.is_list(x.type):
             x, y = x.flatten(), y.flatten()
         x, y = x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False)
         ok = np.isfinite(x)
