@@ -4,16 +4,19 @@ For each bundled trace set with per-token logprobs, the chains table is written
 with (a) zstd at level 9 with dictionaries on every column (the writer's settings
 before this benchmark), (b) the writer's current lossless settings
 (``stopwise.traces.io._parquet_options``: float columns byte-stream-split, no
-dictionary) and (c) two lossy what-ifs that are measured, not used: the same
-settings after rounding every float to 10 or 7 mantissa bits (float16 and
-bfloat16 precision, kept as float32). Prints the sizes, the write and read
-times, whether (b) reads back to the same content hash, the largest error of
-each what-if, and, for a set that is still being collected, its size projected
-to its target chain count. Writes JSON.
+dictionary) and (c) the same settings after rounding every float to 10 or 7 mantissa bits
+(float16 and bfloat16 precision, kept as float32;
+``stopwise.traces.precision``, opt-in with ``stopwise collect --round-floats``).
+Prints the sizes, the write and read times, whether (b) reads back to the same
+content hash, the largest error of each rounding, and, for a set that is still
+being collected, its size projected to its target chain count. With
+``--decisions`` it also replays every applicable policy family on the lossless
+and each rounded set and prints the share of decisions (answer, tokens,
+abstention at each unit and grid point) that the rounding changed. Writes JSON.
 
 Usage::
 
-    python benchmarks/trace_storage.py [--sets gsm8k_qwen05,chain_sum_qwen05] [--out results/trace_storage.json]
+    python benchmarks/trace_storage.py [--sets gsm8k_qwen05,chain_sum_qwen05] [--decisions] [--out results/trace_storage.json]
 """
 
 from __future__ import annotations
@@ -33,48 +36,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"gsm8k_qwen05": 600 * 4 + 64 * 12, "chain_sum_qwen05": 300 * 4}
 
 
-def _round_mantissa(table, bits: int):
-    """``table`` with every float rounded to nearest at ``bits`` mantissa bits (float32 kept)."""
+def _decisions_changed(ts, rounded, progress=print) -> dict:
+    """Replay every applicable family on the lossless and the rounded set: the share of
+    (unit, grid point) decisions whose answer, tokens or abstention differ, per family."""
     import numpy as np
-    import pyarrow as pa
 
-    from stopwise.traces.io import _float_columns
+    from stopwise.bench import applicable_families
 
-    drop = 23 - bits
-    half, keep = np.uint32(1 << (drop - 1)), np.uint32((0xFFFFFFFF >> drop) << drop)
-
-    def rec(a):
-        if pa.types.is_list(a.type):
-            nulls = a.is_null() if a.null_count else None
-            return pa.ListArray.from_arrays(a.offsets, rec(a.values), type=a.type, mask=nulls)
-        v = a.to_numpy(zero_copy_only=False).astype(np.float32)
-        finite = np.isfinite(v)
-        u = v.view(np.uint32)
-        out = np.where(finite, ((u + half) & keep).view(np.float32), v)
-        return pa.array(out, type=pa.float32())
-
-    for name in _float_columns(table.schema):
-        i = table.column_names.index(name)
-        table = table.set_column(i, name, rec(table[name].combine_chunks()))
-    return table
-
-
-def _max_error(a, b) -> float:
-    import numpy as np
-    import pyarrow as pa
-
-    from stopwise.traces.io import _float_columns
-
-    worst = 0.0
-    for name in _float_columns(a.schema):
-        x, y = a[name].combine_chunks(), b[name].combine_chunks()
-        while pa.types.is_list(x.type):
-            x, y = x.flatten(), y.flatten()
-        x, y = x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False)
-        ok = np.isfinite(x)
-        if ok.any():
-            worst = max(worst, float(np.abs(x[ok] - y[ok]).max()))
-    return worst
+    out = {}
+    fams, _ = applicable_families(ts, None, "disagreement")
+    for fam in fams:
+        a, b = fam.replay(ts), fam.replay(rounded)
+        same = (a.answer == b.answer) & (a.cost == b.cost) & (a.abstained == b.abstained)
+        frac = float(1.0 - same.mean()) if same.size else 0.0
+        out[fam.name] = {"cells": int(same.size), "changed": round(frac, 6),
+                         "mean_cost_change": float(np.max(np.abs(a.cost.mean(0) - b.cost.mean(0)) / np.maximum(a.cost.mean(0), 1)))}
+        progress(f"    {fam.name:22s} decisions changed {100 * frac:6.3f}%  mean cost moved {100 * out[fam.name]['mean_cost_change']:.3f}% at most")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,9 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
     from stopwise.traces import read_trace_set
     from stopwise.traces.io import _parquet_options
     from stopwise.traces.model import content_hash
+    from stopwise.traces.precision import max_abs_change, with_float_precision
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="gsm8k_qwen05,chain_sum_qwen05,gsm8k_qwen15")
+    ap.add_argument("--decisions", action="store_true", help="also replay the policy families on each rounded set")
     ap.add_argument("--out", default=str(RESULTS / "trace_storage.json"))
     args = ap.parse_args(argv)
     rows = []
@@ -95,14 +75,16 @@ def main(argv: list[str] | None = None) -> dict:
             ts = read_trace_set(bundled_path(name))
             chains = ts.chains
             variants = {
-                "zstd9+dict (before)": (chains, {"compression": "zstd", "compression_level": 9}),
-                "lossless (writer now)": (chains, _parquet_options(chains)),
+                "zstd9+dict (before)": (chains, {"compression": "zstd", "compression_level": 9}, None),
+                "lossless (writer now)": (chains, _parquet_options(chains), None),
             }
+            rounded = {}
             for bits in (10, 7):
-                r = _round_mantissa(chains, bits)
-                variants[f"{bits}-bit mantissa (what-if)"] = (r, _parquet_options(r))
+                rounded[bits] = with_float_precision(ts, bits)
+                r = rounded[bits].chains
+                variants[f"{bits}-bit mantissa"] = (r, _parquet_options(r), bits)
             print(f"{name}: {ts.n_chains} chains, {ts.n_tokens} tokens")
-            for label, (table, opts) in variants.items():
+            for label, (table, opts, bits) in variants.items():
                 path = Path(tmp) / f"{name}.parquet"
                 t0 = time.perf_counter()
                 pq.write_table(table, path, row_group_size=4096, **opts)
@@ -114,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                 row = {"set": name, "variant": label, "chains": ts.n_chains, "tokens": ts.n_tokens,
                        "bytes": size, "write_s": round(t_write, 3), "read_s": round(t_read, 3),
                        "same_content_hash": content_hash(ts.questions, back.cast(chains.schema)) == ts.content_hash,
-                       "max_abs_error": _max_error(chains, back)}
+                       "max_abs_error": max_abs_change(chains, back)}
                 if name in TARGETS and ts.n_chains < TARGETS[name]:
                     row["projected_bytes_at_target"] = int(size * TARGETS[name] / ts.n_chains)
                     row["target_chains"] = TARGETS[name]
@@ -123,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                     if "projected_bytes_at_target" in row else ""
                 print(f"  {label:26s} {size / 1e6:6.2f} MB{proj}  write {t_write:5.2f} s  read {t_read:5.2f} s  "
                       f"same hash {row['same_content_hash']!s:5s}  max error {row['max_abs_error']:.2g}")
+                if args.decisions and bits:
+                    row["decisions_changed"] = _decisions_changed(ts, rounded[bits])
     doc = {"benchmark": "trace_storage", "command": command_line(argv), "machine": machine(), "rows": rows}
     write_result(args.out, doc)
     return doc

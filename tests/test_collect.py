@@ -183,3 +183,25 @@ def test_direct_answers_continue_the_forcing_string(tmp_path, smollm2_path):
     assert "direct" not in CollectConfig(dataset="gsm8k").identity(), "older collections still resume"
     with pytest.raises(ConfigError, match="--direct needs the embedded backend"):
         collect(CollectConfig(dataset="gsm8k", model="http://127.0.0.1:9", questions=1, direct=True), tmp_path / "h")
+
+
+def test_assembled_set_can_be_stored_rounded_and_reassembled_lossless(tmp_path, smollm2_path):
+    """--round-floats stores the set's floats at fewer mantissa bits and says so in the manifest;
+    the working state keeps full precision, so assembling again without it gives the lossless set back."""
+    cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=2, chains=2, max_tokens=16, probe_every=4, n_threads=2)
+    lossless = read_trace_set(collect(cfg, tmp_path / "r"))
+    p = cli("collect", "--out", str(tmp_path / "r"), "--assemble-partial", "--round-floats", "7")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    rounded = read_trace_set(tmp_path / "r")
+    fp = rounded.provenance.float_precision
+    assert fp["mantissa_bits"] == 7 and fp["lossless_content_hash"] == lossless.content_hash
+    assert rounded.content_hash != lossless.content_hash and rounded.n_chains == lossless.n_chains == 4
+    assert 0 < fp["max_abs_change"] <= 0.25
+    p = cli("collect", "--out", str(tmp_path / "r"), "--assemble-partial", "--round-floats", "0")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2 and "--round-floats" in err
+    p = cli("collect", "--out", str(tmp_path / "r"), "--assemble-partial")
+    assert p.wait(timeout=300) == 0
+    again = read_trace_set(tmp_path / "r")
+    assert again.content_hash == lossless.content_hash and again.provenance.float_precision is None

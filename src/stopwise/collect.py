@@ -281,6 +281,7 @@ def collect(
     stop_after_chains: int | None = None,
     engine: Any = None,
     seed_from: str | os.PathLike[str] | None = None,
+    round_floats: int | None = None,
 ) -> Path | None:
     """Collect (or resume) the trace set ``cfg`` describes into ``out``.
 
@@ -301,6 +302,9 @@ def collect(
         A trace set assembled from an earlier collection with the same settings
         (e.g. a bundled partial snapshot): its chains count as collected, so a
         collection whose working state was lost resumes from it.
+    round_floats : int, optional
+        Store the finished set's floats at this many mantissa bits (see
+        :func:`assemble`); not part of the collection's identity.
 
     Returns
     -------
@@ -343,7 +347,7 @@ def collect(
             finished = asyncio.run(_collect_http(cfg, state, ds, todo, total - sum(len(m) for _, m in todo), total, len(items), progress, stop_after_chains))
             if not finished:
                 return None
-        return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False)
+        return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
     resolved = resolve_model(cfg.model)
     if todo:
         max_k = max(len(m) for _, m in todo)
@@ -440,7 +444,7 @@ def collect(
             run.record(new_chains, tokens)
         if stopping and n_done0 + new_chains < total:
             return None
-    return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False)
+    return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
 
 
 def is_http(model: str) -> bool:
@@ -606,12 +610,15 @@ def assemble(
     complete_only: bool = True,
     name: str | None = None,
     assembled_by: str | None = None,
+    round_floats: int | None = None,
 ) -> Path:
     """Write the trace set from the chunks collected so far.
 
     With ``complete_only`` only questions with at least their base ``chains`` are
     kept (with whatever extra chains they have): a partial corpus that is still a
-    proper many-chains-per-question set.
+    proper many-chains-per-question set. With ``round_floats`` the chains' floats are
+    stored at that many mantissa bits (:mod:`stopwise.traces.precision`; the working
+    state keeps full precision, so the set can be assembled again losslessly).
     """
     from stopwise import __version__
     from stopwise.models import resolve_model
@@ -670,6 +677,10 @@ def assemble(
         collection_runs=_runs_summary(state),
     )
     ts = build_trace_set(name or out.name, questions, chains, prov)
+    if round_floats is not None:
+        from stopwise.traces.precision import with_float_precision
+
+        ts = with_float_precision(ts, round_floats)
     return write_trace_set(ts, out, overwrite=True)
 
 

@@ -92,13 +92,17 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace-set directory (working state in OUT.collect).")
 @click.option("--assemble-partial", is_flag=True, help="Do not collect: write the questions completed so far as a trace set.")
 @click.option("--seed-from", default=None, type=click.Path(exists=True, path_type=Path), help="A set assembled from an earlier collection with the same settings: its chains count as done.")
-def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chains_first: str | None, forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
+@click.option("--round-floats", default=None, type=click.IntRange(1, 22), metavar="BITS",
+              help="Store the written set's logprobs and entropies rounded to BITS mantissa bits (7: bfloat16's precision, "
+              "10: float16's), as float32, recorded in the manifest; smaller files. Default: lossless. The working state keeps full precision.")
+def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round_floats: int | None, chains_first: str | None,
+                forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
     """Collect a trace set (chains, logprobs, probes) from a model; resumable."""
     from stopwise.collect import CollectConfig, assemble
     from stopwise.errors import ConfigError
 
     if assemble_partial:
-        path = assemble(out, complete_only=True, assembled_by=_command_line())
+        path = assemble(out, complete_only=True, assembled_by=_command_line(), round_floats=round_floats)
         console.print(f"wrote {path} (completed questions only)")
         return
     if kw.get("dataset") is None:
@@ -121,7 +125,7 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chain
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _collect_with_progress(cfg, out, seed_from)
+        _collect_with_progress(cfg, out, seed_from, round_floats)
     except KeyboardInterrupt:
         err_console.print(f"stopped; the finished chains are kept in {out}.collect: run the same command to continue")
         raise SystemExit(130) from None
@@ -130,7 +134,7 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, chain
             signal.signal(sig, handler)
 
 
-def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None) -> None:
+def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None, round_floats: int | None = None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from stopwise.collect import collect
@@ -155,7 +159,7 @@ def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None) -> None:
                 last[0] = time.monotonic()
                 err_console.print(f"chains {d['chains_done']}/{d['chains_total']} · questions {d['questions_done']}/{d['questions_total']} · {d['tokens_per_s']:.1f} tok/s")
 
-        path = collect(cfg, out, progress=progress, command=_command_line(), seed_from=seed_from)
+        path = collect(cfg, out, progress=progress, command=_command_line(), seed_from=seed_from, round_floats=round_floats)
     console.print(f"wrote {path}")
 
 

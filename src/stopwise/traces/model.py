@@ -35,6 +35,10 @@ class Provenance(BaseModel):
     ``sampling`` holds temperature, top_p, max_tokens, seeds...; ``probe_schedule``
     says where probes were taken ("every 32 tokens and at cues", "text cues");
     ``logprob_convention`` is "raw log-softmax at temperature 1" for collected sets.
+    ``float_precision`` is set when the chains' floats were stored rounded
+    (:func:`stopwise.traces.precision.with_float_precision`): mantissa bits, rounding
+    rule, largest change this rounding made and the lossless set's content hash;
+    absent: lossless.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -52,6 +56,7 @@ class Provenance(BaseModel):
     license: str | None = None
     stopwise_version: str | None = None
     notes: str | None = None
+    float_precision: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
