@@ -35,9 +35,11 @@ def test_round_mantissa_relative_error_and_low_bits(bits):
 
 
 def test_round_mantissa_keeps_specials_and_23_bits_is_identity():
-    x = np.array([np.nan, -np.inf, np.inf, -1.2345678, 0.0], dtype=np.float32)
+    big = np.finfo(np.float32).max
+    x = np.array([np.nan, -np.inf, np.inf, -1.2345678, 0.0, -big], dtype=np.float32)
     r = round_mantissa(x, 7)
     assert np.isnan(r[0]) and r[1] == -np.inf and r[2] == np.inf and r[4] == 0.0
+    assert r[5] == -big  # would round to -inf: kept as it is
     assert r[3] != x[3] and abs(r[3] - x[3]) <= abs(x[3]) * 2.0**-8
     assert np.array_equal(round_mantissa(x, 23).view(np.uint32), x.view(np.uint32))
 

@@ -27,7 +27,8 @@ FLOAT32_MANTISSA_BITS = 23
 
 def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
     """``values`` (float32) rounded to nearest at ``bits`` mantissa bits, ties away
-    from zero; NaN and infinities are kept. The relative error is at most 2**-(bits+1)."""
+    from zero; NaN and infinities are kept (and a finite value that would round to
+    infinity). The relative error is at most 2**-(bits+1)."""
     _check_bits(bits)
     v = np.ascontiguousarray(values, dtype=np.float32)
     drop = FLOAT32_MANTISSA_BITS - bits
@@ -35,8 +36,10 @@ def round_mantissa(values: np.ndarray, bits: int) -> np.ndarray:
         return v.copy()
     half = np.uint32(1 << (drop - 1))
     keep = np.uint32((0xFFFFFFFF >> drop) << drop)
-    rounded = ((v.view(np.uint32) + half) & keep).view(np.float32)
-    return np.where(np.isfinite(v), rounded, v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = ((v.view(np.uint32) + half) & keep).view(np.float32)
+    # NaN and infinities stay; a value within half a step of float32's largest stays unrounded
+    return np.where(np.isfinite(v) & np.isfinite(rounded), rounded, v)
 
 
 def _check_bits(bits: int) -> None:
