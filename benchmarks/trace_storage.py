@@ -8,7 +8,8 @@ dictionary) and (c) the same settings after rounding every float to 10 or 7 mant
 (float16 and bfloat16 precision, kept as float32;
 ``stopwise.traces.precision``, opt-in with ``stopwise collect --round-floats``).
 Prints the sizes, the write and read times, whether (b) reads back to the same
-content hash, the largest error of each rounding, and, for a set that is still
+content hash, the largest error of each rounding (and per column its median
+and largest), and, for a set that is still
 being collected, its size projected to its target chain count. With
 ``--decisions`` it also replays every applicable policy family on the lossless
 and each rounded set and prints the share of decisions (answer, tokens,
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     from stopwise.traces import read_trace_set
     from stopwise.traces.io import _parquet_options
     from stopwise.traces.model import content_hash
-    from stopwise.traces.precision import max_abs_change, with_float_precision
+    from stopwise.traces.precision import column_changes, max_abs_change, with_float_precision
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", default="gsm8k_qwen05,chain_sum_qwen05,gsm8k_qwen15")
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
                     if "projected_bytes_at_target" in row else ""
                 print(f"  {label:26s} {size / 1e6:6.2f} MB{proj}  write {t_write:5.2f} s  read {t_read:5.2f} s  "
                       f"same hash {row['same_content_hash']!s:5s}  max error {row['max_abs_error']:.2g}")
+                if bits:
+                    row["column_errors"] = column_changes(chains, back)
+                    print("    " + "  ".join(f"{c} {e['median_abs']:.2g}/{e['max_abs']:.2g}"
+                                             for c, e in row["column_errors"].items()) + "  (median/largest change)")
                 if args.decisions and bits:
                     row["decisions_changed"] = _decisions_changed(ts, rounded[bits])
     doc = {"benchmark": "trace_storage", "command": command_line(argv), "machine": machine(), "rows": rows}

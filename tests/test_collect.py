@@ -198,6 +198,12 @@ def test_assembled_set_can_be_stored_rounded_and_reassembled_lossless(tmp_path, 
     assert fp["mantissa_bits"] == 7 and fp["lossless_content_hash"] == lossless.content_hash
     assert rounded.content_hash != lossless.content_hash and rounded.n_chains == lossless.n_chains == 4
     assert 0 < fp["max_abs_change"] <= 0.25
+    # a rounded set cannot seed a collection (its chains would mix into the full-precision state)
+    import shutil
+
+    shutil.copytree(tmp_path / "r", tmp_path / "rounded")
+    with pytest.raises(ConfigError, match="rounded to 7 mantissa bits"):
+        collect(cfg, tmp_path / "s", seed_from=tmp_path / "rounded")
     p = cli("collect", "--out", str(tmp_path / "r"), "--assemble-partial", "--round-floats", "0")
     _, err = p.communicate(timeout=300)
     assert p.returncode == 2 and "--round-floats" in err

@@ -24,14 +24,29 @@ def _flat(table: pa.Table, name: str) -> np.ndarray:
 @pytest.mark.parametrize("bits", [1, 7, 10, 22])
 def test_round_mantissa_relative_error_and_low_bits(bits):
     rng = np.random.default_rng(bits)
-    x = np.concatenate([-rng.exponential(5.0, 20000), -10.0 ** rng.uniform(-9, 1, 2000), [0.0, -0.0]]).astype(np.float32)
+    neg = np.concatenate([-rng.exponential(5.0, 20000), -10.0 ** rng.uniform(-9, 1, 2000), [0.0, -0.0]])
+    x = np.concatenate([neg, -neg]).astype(np.float32)  # logprobs are negative, entropies positive
     r = round_mantissa(x, bits)
-    assert r.dtype == np.float32
+    assert r.dtype == np.float32 and np.array_equal(np.signbit(r), np.signbit(x))
     rel = np.abs(r.astype(np.float64) - x) / np.maximum(np.abs(x.astype(np.float64)), 1e-30)
     assert rel.max() <= 2.0 ** -(bits + 1) * (1 + 1e-6)
-    # the dropped bits are zero, and rounding to nearest: no value moves past half a step
-    assert not np.any(r.view(np.uint32) & np.uint32((1 << (23 - bits)) - 1))
+    assert not np.any(r.view(np.uint32) & np.uint32((1 << (23 - bits)) - 1))  # the dropped bits are zero
     assert np.array_equal(round_mantissa(r, bits).view(np.uint32), r.view(np.uint32))  # idempotent
+    # to nearest: no representable neighbour of r is closer to x
+    step = np.abs(r.astype(np.float64)) * 2.0**-bits
+    assert np.all(np.abs(r.astype(np.float64) - x) <= step / 2 * (1 + 1e-6) + 1e-45)
+
+
+def test_round_mantissa_ties_go_away_from_zero_and_subnormals_keep_their_bits():
+    one = np.float32(1.0)
+    tie = np.float32(1.0 + 2.0**-8)  # exactly half a step at 7 bits
+    assert round_mantissa(np.array([tie, -tie]), 7).tolist() == [1.0 + 2.0**-7, -(1.0 + 2.0**-7)]
+    below = np.nextafter(tie, one)
+    assert round_mantissa(np.array([below]), 7).tolist() == [1.0]
+    sub = np.array([1e-40, -3e-42], dtype=np.float32)  # subnormal: rounded on their own bit pattern
+    r = round_mantissa(sub, 7)
+    assert np.all(np.isfinite(r)) and np.array_equal(np.signbit(r), np.signbit(sub))
+    assert not np.any(r.view(np.uint32) & np.uint32((1 << 16) - 1))
 
 
 def test_round_mantissa_keeps_specials_and_23_bits_is_identity():
@@ -44,7 +59,7 @@ def test_round_mantissa_keeps_specials_and_23_bits_is_identity():
     assert np.array_equal(round_mantissa(x, 23).view(np.uint32), x.view(np.uint32))
 
 
-@pytest.mark.parametrize("bits", [0, 24, 7.5, "7"])
+@pytest.mark.parametrize("bits", [0, 24, 7.5, "7", True])
 def test_bad_bits_are_refused_with_a_hint(bits):
     with pytest.raises(ConfigError, match="mantissa bits must be an integer from 1 to 23") as e:
         round_mantissa(np.zeros(3, np.float32), bits)
@@ -67,11 +82,22 @@ def test_round_table_touches_only_float32_and_keeps_nulls():
         np.testing.assert_allclose(_flat(r, name), _flat(t, name), rtol=2.0**-8)
 
 
+def test_round_table_handles_slices_and_chunks():
+    base = pa.array([[-0.1234567, -5.5555555], [-1.9876543], None, [-7.7777777, -0.0123456]], type=pa.list_(pa.float32()))
+    sliced = pa.table({"lp": base.slice(1, 3)})  # a list array with a non-zero offset
+    r = round_table(sliced, 7)
+    assert r["lp"].to_pylist()[1] is None and len(r["lp"].to_pylist()[2]) == 2
+    np.testing.assert_array_equal(_flat(r, "lp"), round_mantissa(_flat(sliced, "lp"), 7))
+    chunked = pa.table({"lp": pa.chunked_array([base.slice(0, 2), base.slice(2, 2)])})
+    np.testing.assert_array_equal(_flat(round_table(chunked, 7), "lp"), round_mantissa(_flat(chunked, "lp"), 7))
+
+
 def test_rounded_set_records_precision_round_trips_and_is_smaller(tmp_path):
     ts = synthetic_trace_set(16, -4, seed=7)
     r = with_float_precision(ts, 7)
     fp = r.provenance.float_precision
     assert fp["mantissa_bits"] == 7 and fp["lossless_content_hash"] == ts.content_hash
+    assert set(fp["columns"]) == set(FLOATS)
     assert r.content_hash != ts.content_hash
     worst = max(float(np.nanmax(np.abs(_flat(ts.chains, c).astype(np.float64) - _flat(r.chains, c)))) for c in FLOATS)
     assert fp["max_abs_change"] == pytest.approx(worst) and worst > 0
@@ -90,11 +116,15 @@ def test_rounded_set_records_precision_round_trips_and_is_smaller(tmp_path):
     assert "float_precision" not in json.loads((a / "manifest.json").read_text())["provenance"]
 
 
-def test_rounding_again_keeps_the_lossless_hash_and_refuses_more_bits():
+def test_a_rounded_set_is_not_rounded_again():
+    """Rounding twice is not rounding to nearest (1 + 2^-6 - 2^-10 goes to 1 + 2^-5 through 7 bits,
+    to 1 at 5 directly), and the recorded change would not be from the lossless values."""
+    x = np.array([1 + 2.0**-6 - 2.0**-10], dtype=np.float32)
+    assert round_mantissa(round_mantissa(x, 7), 5)[0] != round_mantissa(x, 5)[0]
     ts = synthetic_trace_set(8, -3, seed=2)
     r7 = with_float_precision(ts, 7)
-    r5 = with_float_precision(r7, 5)
-    assert r5.provenance.float_precision["lossless_content_hash"] == ts.content_hash
-    assert with_float_precision(r7, 7).content_hash == r7.content_hash
-    with pytest.raises(ConfigError, match="already rounded to 7 mantissa bits"):
-        with_float_precision(r7, 10)
+    assert with_float_precision(r7, 7) is r7
+    for bits in (5, 10):
+        with pytest.raises(ConfigError, match="already rounded to 7 mantissa bits") as e:
+            with_float_precision(r7, bits)
+        assert "lossless" in e.value.hint

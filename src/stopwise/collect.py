@@ -204,11 +204,19 @@ def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConf
     Raises
     ------
     ConfigError
-        If the set was not collected with these settings.
+        If the set was not collected with these settings, or was stored with rounded
+        floats (the working state holds full precision; rounded chains would mix in
+        unrecorded).
     """
     from stopwise.traces.io import read_trace_set
 
     ts = read_trace_set(trace_set)
+    if ts.provenance.float_precision:
+        raise ConfigError(
+            f"trace set {trace_set} was stored with its floats rounded to {ts.provenance.float_precision.get('mantissa_bits')} "
+            "mantissa bits; seeding from it would mix rounded chains into the full-precision working state",
+            hint="seed from a set assembled without --round-floats",
+        )
     theirs = (ts.provenance.model_extra or {}).get("collect")
     if json.loads(json.dumps(theirs)) != json.loads(json.dumps(cfg.identity())):
         raise ConfigError(

@@ -93,7 +93,7 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--assemble-partial", is_flag=True, help="Do not collect: write the questions completed so far as a trace set.")
 @click.option("--seed-from", default=None, type=click.Path(exists=True, path_type=Path), help="A set assembled from an earlier collection with the same settings: its chains count as done.")
 @click.option("--round-floats", default=None, type=click.IntRange(1, 22), metavar="BITS",
-              help="Store the written set's logprobs and entropies rounded to BITS mantissa bits (7: bfloat16's precision, "
+              help="Store the written set's float32 columns (logprobs, entropies, confidences) rounded to BITS mantissa bits (7: bfloat16's precision, "
               "10: float16's), as float32, recorded in the manifest; smaller files. Default: lossless. The working state keeps full precision.")
 def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round_floats: int | None, chains_first: str | None,
                 forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
