@@ -109,7 +109,7 @@ def test_sigterm_stops_cleanly_keeping_every_finished_chain(tmp_path, smollm2_pa
 def test_resume_with_other_settings_is_refused(tmp_path, smollm2_path):
     cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=1, chains=1, max_tokens=4, probe_every=0)
     collect(cfg, tmp_path / "x")
-    with pytest.raises(ConfigError, match="differs in: max_tokens"):
+    with pytest.raises(ConfigError, match="max_tokens 4 there, 5 now"):
         collect(cfg.model_copy(update={"max_tokens": 5}), tmp_path / "x")
 
 

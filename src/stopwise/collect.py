@@ -246,23 +246,68 @@ def read_chunks(state: Path) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def _read_state_config(state: Path) -> dict[str, Any]:
+    """``state/config.json``: the collection's identity and command, checked."""
+    path = state / "config.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("identity"), dict):
+            raise ValueError("expected an object with an 'identity' object")
+        CollectConfig(**meta["identity"])
+    except (OSError, ValueError, TypeError) as exc:  # JSONDecodeError and pydantic's ValidationError are ValueErrors
+        raise TraceSetError(f"collection state {path} is unreadable: {str(exc).splitlines()[0]}",
+                            hint="it may be damaged or written by a newer stopwise; if its chunks are worth keeping, "
+                            "restore config.json, else delete the state folder") from exc
+    return meta
+
+
+def _check_out(out: Path, ident: dict[str, Any]) -> None:
+    """Refuse an ``out`` that holds something a finished collection would replace:
+    only a missing path, an empty folder or a trace set of this same collection may be there."""
+    if not out.exists():
+        return
+    what = "a file" if not out.is_dir() else None
+    if what is None:
+        if not any(out.iterdir()):
+            return
+        try:
+            manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+            theirs = manifest["provenance"]["collect"]
+        except (OSError, ValueError, KeyError, TypeError):
+            what = "a folder that is not a trace set written by stopwise collect"
+        else:
+            if json.loads(json.dumps(theirs)) == json.loads(json.dumps(ident)):
+                return
+            what = "a trace set of another collection"
+    raise ConfigError(f"--out {out} already holds {what}; the collection would replace it",
+                      hint="choose another --out (a new path, an empty folder, or this collection's own earlier output)")
+
+
 def _open_state(out: Path, cfg: CollectConfig, command: str) -> Path:
     state = _state_dir(out)
-    (state / "chunks").mkdir(parents=True, exist_ok=True)
-    cfg_path = state / "config.json"
     ident = cfg.identity()
-    if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        if old.get("identity") != json.loads(json.dumps(ident)):
-            diff = sorted(k for k in set(old.get("identity", {})) | set(ident) if old.get("identity", {}).get(k) != json.loads(json.dumps(ident)).get(k))
-            raise ConfigError(
-                f"{state} holds a collection with other settings (differs in: {', '.join(diff)})",
-                hint=f"use the same settings to resume, or another --out (or delete {state})",
-            )
-    else:
-        tmp = state / ".config.json.tmp"
-        tmp.write_text(json.dumps({"identity": ident, "command": command}, indent=1))
-        os.replace(tmp, cfg_path)
+    cfg_path = state / "config.json"
+    new = json.loads(json.dumps(ident))
+    old = _read_state_config(state)["identity"] if cfg_path.is_file() else None
+    if old is not None and old != new and any((state / "chunks").glob("chunk-*.parquet")):
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"{state} holds a collection with other settings: "
+            + "; ".join(f"{k} {old.get(k, 'unset')!r} there, {new.get(k, 'unset')!r} now" for k in diff),
+            hint=f"use the same settings to resume, or another --out (or delete {state})",
+        )
+    _check_out(out, ident)
+    try:
+        (state / "chunks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the collection state {state}: {exc.strerror or exc}",
+                          hint="choose another --out in a writable folder") from exc
+    if old == new:
+        return state
+    # a new collection, or nothing was collected under the old settings (e.g. an upstream that was down)
+    tmp = state / ".config.json.tmp"
+    tmp.write_text(json.dumps({"identity": ident, "command": command}, indent=1))
+    os.replace(tmp, cfg_path)
     return state
 
 
@@ -325,6 +370,10 @@ def collect(
     out = Path(out)
     command = command or " ".join(shlex.quote(a) for a in ["stopwise", *sys.argv[1:]])
     ds, items = _select(cfg)  # bad dataset names fail before anything is written
+    if cfg.direct and is_http(cfg.model):
+        raise ConfigError("--direct needs the embedded backend (it continues the prompt with the forcing string as token ids)",
+                          hint="collect direct answers with --model embedded or a GGUF path")
+    resolved = _HttpModel(cfg.model) if is_http(cfg.model) else resolve_model(cfg.model)  # a wrong --model fails here too
     state = _open_state(out, cfg, command)
     if seed_from is not None:
         seed_chunks(state, seed_from, cfg)
@@ -344,11 +393,7 @@ def collect(
             extra.append((it, [s for s in missing if s >= cfg.chains]))
     todo += extra
     n_done0 = total - sum(len(m) for _, m in todo)
-    if cfg.direct and is_http(cfg.model):
-        raise ConfigError("--direct needs the embedded backend (it continues the prompt with the forcing string as token ids)",
-                          hint="collect direct answers with --model embedded or a GGUF path")
     if is_http(cfg.model):
-        resolved = _HttpModel(cfg.model)
         if todo:
             import asyncio
 
@@ -356,7 +401,6 @@ def collect(
             if not finished:
                 return None
         return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
-    resolved = resolve_model(cfg.model)
     if todo:
         max_k = max(len(m) for _, m in todo)
         width = max(cfg.batch_chains, max_k)
@@ -638,9 +682,10 @@ def assemble(
     if not (state / "config.json").is_file():
         raise ConfigError(f"no collection at {out} (no {state}/config.json)",
                           hint="pass the --out of a collection started with stopwise collect")
-    meta = json.loads((state / "config.json").read_text())
+    meta = _read_state_config(state)
     if cfg is None:
         cfg = CollectConfig(**meta["identity"])
+    _check_out(out, cfg.identity())
     command = command or meta.get("command")
     http = is_http(cfg.model)
     resolved = resolved or (_HttpModel(cfg.model) if http else resolve_model(cfg.model))
@@ -650,6 +695,9 @@ def assemble(
     for r in records:
         by_q[r["question_id"]] = by_q.get(r["question_id"], 0) + 1
     keep = [(i, it) for i, it in enumerate(items) if by_q.get(it.question_id, 0) >= (cfg.chains if complete_only else 1)]
+    if not keep:
+        raise ConfigError(f"no question of the collection at {state} has its {cfg.chains if complete_only else 1} "
+                          f"chain(s) yet; nothing to write", hint="collect longer first (run the same collect command)")
     keep_ids = {it.question_id for _, it in keep}
     questions = [Question(it.question_id, it.question, it.reference, {k: v for k, v in it.metadata.items() if k != "config"}) for _, it in keep]
     chains = [r for r in records if r["question_id"] in keep_ids]
@@ -708,7 +756,7 @@ def collection_status(out: str | os.PathLike[str]) -> dict[str, Any]:
     state = _state_dir(Path(out))
     if not (state / "config.json").is_file():
         raise ConfigError(f"no collection at {out} (no {state}/config.json)")
-    cfg = CollectConfig(**json.loads((state / "config.json").read_text())["identity"])
+    cfg = CollectConfig(**_read_state_config(state)["identity"])
     recs = read_chunks(state)
     by_q: dict[str, int] = {}
     for r in recs:

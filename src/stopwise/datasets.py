@@ -96,16 +96,26 @@ def _reasoning_gym(spec: str, size: int, seed: int) -> Dataset:
         import reasoning_gym
     except ImportError as exc:
         raise MissingExtraError("reasoning-gym datasets", "tasks", "reasoning-gym") from exc
+    from reasoning_gym.factory import DATASETS
+
     task, _, query = spec.partition("?")
-    config = {k: _coerce(v) for k, v in urllib.parse.parse_qsl(query)}
+    if task not in DATASETS:
+        raise UnknownNameError("reasoning-gym task", task, list(DATASETS))
+    try:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as exc:
+        raise ConfigError(f"reasoning-gym config '?{query}' is not KEY=VALUE pairs joined by '&': {exc}",
+                          hint=f"e.g. --dataset 'reasoning-gym:{task}?min_terms=2&max_terms=4'") from exc
+    config = {k: _coerce(v) for k, v in pairs}
+    for k in ("seed", "size"):
+        if k in config:
+            raise ConfigError(f"reasoning-gym config key '{k}' is set by stopwise", hint=f"use --{k} instead of ?{k}=")
     try:
         ds = reasoning_gym.create_dataset(task, size=size, seed=seed, **config)
-    except (KeyError, ValueError) as exc:
-        from reasoning_gym.factory import DATASETS
-
-        if task not in DATASETS:
-            raise UnknownNameError("reasoning-gym task", task, list(DATASETS)) from exc
-        raise ConfigError(f"reasoning-gym task '{task}' rejected its config {config}: {exc}") from exc
+    except (KeyError, ValueError, TypeError, AssertionError) as exc:
+        fields = _config_fields(DATASETS[task])
+        raise ConfigError(f"reasoning-gym task '{task}' rejected its config {config}: {exc or type(exc).__name__}",
+                          hint=f"its config keys: {', '.join(fields)}" if fields else None) from exc
     items = []
     for i in range(size):
         entry = ds[i]
@@ -119,18 +129,46 @@ def _reasoning_gym(spec: str, size: int, seed: int) -> Dataset:
     return Dataset(f"reasoning-gym:{spec}", items, system_prompt=system, license="Apache-2.0 (reasoning-gym)", source=f"reasoning-gym {task} seed {seed}")
 
 
+def _config_fields(entry: Any) -> list[str]:
+    """The config keys of a reasoning-gym task (its config dataclass's fields), minus seed and size."""
+    import dataclasses
+
+    cls = entry[1] if isinstance(entry, tuple) and len(entry) > 1 else None
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return []
+    return [f.name for f in dataclasses.fields(cls) if f.name not in ("seed", "size")]
+
+
 def _jsonl(path: str) -> Dataset:
     p = Path(path)
+    if not path:
+        raise ConfigError("--dataset jsonl: needs a file path", hint="e.g. --dataset jsonl:questions.jsonl")
+    if p.is_dir():
+        raise ConfigError(f"dataset file '{p.resolve()}' is a directory", hint="give a .jsonl file (one JSON object a line)")
     if not p.is_file():
-        raise ConfigError(f"dataset file '{path}' does not exist")
+        raise ConfigError(f"dataset file '{p.resolve()}' does not exist", hint="check the path after jsonl:")
     items = []
+    first_line: dict[str, int] = {}
     for line, obj in read_jsonl(p):
         q = next((obj[k] for k in ("question", "problem", "prompt") if k in obj), None)
-        if not isinstance(q, str):
-            raise TraceFormatError("needs a string 'question', 'problem' or 'prompt'", path=path, line=line, field="question")
+        if not isinstance(q, str) or not q.strip():
+            raise TraceFormatError("needs a non-empty string 'question', 'problem' or 'prompt'", path=path, line=line, field="question")
         ref = next((obj[k] for k in ("answer", "reference", "solution") if k in obj), None)
+        if ref is not None and not isinstance(ref, (str, int, float)):
+            raise TraceFormatError(f"the reference answer must be a string or a number, got {type(ref).__name__}",
+                                   path=path, line=line, field="answer")
+        if "id" in obj and (isinstance(obj["id"], bool) or not isinstance(obj["id"], (str, int)) or not str(obj["id"]).strip()):
+            raise TraceFormatError(f"'id' must be a non-empty string or an integer, got {obj['id']!r}", path=path, line=line, field="id")
         qid = str(obj["id"]) if "id" in obj else _qid(p.stem, q)
+        if qid in first_line:
+            what = f"duplicate id '{qid}'" if "id" in obj else "the same question text again (no 'id' to tell them apart)"
+            raise TraceFormatError(f"{what}; first on line {first_line[qid]}", path=path, line=line, field="id",
+                                   hint="give each line a unique 'id', or drop the repeated question")
+        first_line[qid] = line
         items.append(DatasetItem(qid, q, None if ref is None else str(ref), {"line": line}))
+    if not items:
+        raise TraceFormatError("holds no questions (empty, or blank lines only)", path=path,
+                               hint="one JSON object a line with a 'question' and an 'answer'")
     return Dataset(f"jsonl:{p.name}", items, source=str(p))
 
 

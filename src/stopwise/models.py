@@ -218,8 +218,15 @@ def resolve_model(name_or_path: str) -> ResolvedModel:
         spec = MODELS[name_or_path]
         return ResolvedModel(spec.name, assemble(spec), spec.sha256, spec.title)
     p = Path(name_or_path)
+    if p.is_dir():
+        raise ConfigError(f"model path '{p}' is a directory, not a GGUF file", hint="give the .gguf file inside it, or one of: " + ", ".join(MODELS))
     if p.suffix == ".gguf" or p.is_file():
         if not p.is_file():
             raise ConfigError(f"model file '{p}' does not exist", hint="give a GGUF path or one of: " + ", ".join(MODELS))
+        with open(p, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise ConfigError(f"model file '{p}' is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+                              hint="convert the model to GGUF (llama.cpp's convert_hf_to_gguf.py) or give a .gguf file")
         return ResolvedModel(p.stem, p, sha256_file(p), p.name)
     raise UnknownNameError("model", name_or_path, list(MODELS))

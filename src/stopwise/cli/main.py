@@ -108,11 +108,14 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round
     if kw.get("dataset") is None:
         raise ConfigError("--dataset is required", hint="e.g. --dataset gsm8k")
     cf = None
-    if chains_first:
+    if chains_first is not None:
         try:
             m, k = (int(x) for x in chains_first.split(":"))
         except ValueError as exc:
             raise ConfigError(f"--chains-first '{chains_first}' is not M:K", hint="e.g. --chains-first 64:16") from exc
+        if m < 1 or k <= kw["chains"]:
+            raise ConfigError(f"--chains-first {chains_first}: needs M >= 1 questions and K > --chains ({kw['chains']}) chains",
+                              hint=f"e.g. --chains-first 64:{max(16, kw['chains'] + 1)}")
         cf = (m, k)
     extra = {"forcing": forcing} if forcing is not None else {}
     cfg = CollectConfig(chains_first=cf, cue_probes=not no_cue_probes, **extra, **kw)
@@ -147,12 +150,15 @@ def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None, round_fl
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=err_console, transient=False) as bar:
-        task = bar.add_task("collect", total=None, q="0/?", tps=0.0)
-
-        last = [0.0]
+    # the bar starts with the first progress report, so that an input error is printed alone
+    bar = Progress(*columns, console=err_console, transient=False)
+    task = bar.add_task("collect", total=None, q="0/?", tps=0.0)
+    last = [0.0]
+    try:
 
         def progress(d: dict[str, Any]) -> None:
+            if not bar.live.is_started:
+                bar.start()
             bar.update(task, completed=d["chains_done"], total=d["chains_total"], q=f"{d['questions_done']}/{d['questions_total']}", tps=d["tokens_per_s"])
             if not err_console.is_terminal and time.monotonic() - last[0] > 60:
                 # a log file gets a plain line a minute instead of a live bar
@@ -160,6 +166,9 @@ def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None, round_fl
                 err_console.print(f"chains {d['chains_done']}/{d['chains_total']} · questions {d['questions_done']}/{d['questions_total']} · {d['tokens_per_s']:.1f} tok/s")
 
         path = collect(cfg, out, progress=progress, command=_command_line(), seed_from=seed_from, round_floats=round_floats)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     console.print(f"wrote {path}")
 
 

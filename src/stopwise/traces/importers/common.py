@@ -14,17 +14,33 @@ from stopwise.errors import TraceFormatError
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; bad JSON names file and line.
+    """Yield (line number, object) for each non-blank line; bad JSON, bad UTF-8 and a
+    damaged .gz name file and line.
 
     A ``.gz`` file is read through gzip.
     """
     path = Path(path)
     try:
-        fh = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+        fh = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
     except OSError as exc:
         raise TraceFormatError(f"cannot open: {exc.strerror}", path=str(path)) from exc
     with fh:
-        for lineno, line in enumerate(fh, 1):
+        lineno = 0
+        lines = iter(fh)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except (OSError, EOFError) as exc:  # a .gz that is not gzip, or is truncated
+                raise TraceFormatError(f"cannot be read: {exc}", path=str(path), line=lineno + 1,
+                                       hint="a .gz file must be gzip-compressed and complete") from exc
+            lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TraceFormatError(f"is not UTF-8 text ({exc.reason} at byte {exc.start + 1})", path=str(path),
+                                       line=lineno, hint="save the file as UTF-8") from exc
             if not line.strip():
                 continue
             try:
