@@ -104,8 +104,8 @@ def test_model_paths_that_are_not_gguf_files(tmp_path):
 # --- the output folder and the collection state ------------------------------------------------
 
 
-def _cfg(tmp_path, **kw):
-    p = _jsonl(tmp_path, [{"question": "What is 2+2?", "answer": 4}, {"question": "3+3?", "answer": 6}])
+def _cfg(tmp_path, lines=({"question": "What is 2+2?", "answer": 4}, {"question": "3+3?", "answer": 6}), **kw):
+    p = _jsonl(tmp_path, lines)
     return CollectConfig(**{"dataset": f"jsonl:{p}", "model": DEAD, "questions": 2, "chains": 2, **kw})
 
 
@@ -187,3 +187,34 @@ def test_chains_first_must_add_chains(tmp_path, value):
     assert p.returncode == 2 and "needs M >= 1 questions and K > --chains (4)" in p.stderr
     assert "Traceback" not in p.stderr and "collect ━" not in p.stderr  # the error is printed alone
     assert not (tmp_path / "o.collect").exists()
+
+
+def test_a_started_collection_refuses_edited_questions(tmp_path):
+    """Same settings, but the JSONL file was edited after chains were collected: refused, since old
+    chains would mix with new questions; a state from before fingerprints gains one and resumes."""
+    from stopwise.errors import BackendError
+
+    out = tmp_path / "c"
+    with pytest.raises(BackendError):
+        collect(_cfg(tmp_path), out)
+    state = tmp_path / "c.collect"
+    meta = json.loads((state / "config.json").read_text())
+    assert len(meta["questions_sha256"]) == 64
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = pa.table({"question_id": pa.array([], pa.string()), "sample_id": pa.array([], pa.int32())})
+    pq.write_table(empty, state / "chunks" / "chunk-000000.parquet")  # a chunk: the collection has started
+    with pytest.raises(BackendError):  # unchanged questions: resumes (and fails on the dead upstream)
+        collect(_cfg(tmp_path), out)
+    edited = [{"question": "What is 2+2?", "answer": 5}, {"question": "3+3?", "answer": 6}]
+    with pytest.raises(ConfigError, match="was started on other questions") as e:
+        collect(_cfg(tmp_path, edited), out)
+    assert "another --out" in e.value.hint
+    # a state written before fingerprints existed: no refusal, and the fingerprint is recorded
+    del meta["questions_sha256"]
+    (state / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(BackendError):
+        collect(_cfg(tmp_path), out)
+    again = json.loads((state / "config.json").read_text())
+    assert again["questions_sha256"] != "" and again["command"] == meta["command"]

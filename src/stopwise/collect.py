@@ -283,13 +283,28 @@ def _check_out(out: Path, ident: dict[str, Any]) -> None:
                       hint="choose another --out (a new path, an empty folder, or this collection's own earlier output)")
 
 
-def _open_state(out: Path, cfg: CollectConfig, command: str) -> Path:
+def questions_fingerprint(items: list[DatasetItem]) -> str:
+    """sha256 of the selected questions (ids, texts, references): the same settings over an
+    edited dataset file, or a changed generator, give another fingerprint."""
+    doc = json.dumps([[it.question_id, it.question, it.reference] for it in items], ensure_ascii=False)
+    return hashlib.sha256(doc.encode("utf-8")).hexdigest()
+
+
+def _open_state(out: Path, cfg: CollectConfig, command: str, fingerprint: str | None = None) -> Path:
     state = _state_dir(out)
     ident = cfg.identity()
     cfg_path = state / "config.json"
     new = json.loads(json.dumps(ident))
-    old = _read_state_config(state)["identity"] if cfg_path.is_file() else None
-    if old is not None and old != new and any((state / "chunks").glob("chunk-*.parquet")):
+    meta = _read_state_config(state) if cfg_path.is_file() else None
+    old = meta["identity"] if meta else None
+    started = any((state / "chunks").glob("chunk-*.parquet"))
+    if old == new and started and fingerprint and meta.get("questions_sha256") not in (None, fingerprint):
+        raise ConfigError(
+            f"{state} was started on other questions than {cfg.dataset} gives now (questions sha256 "
+            f"{meta['questions_sha256'][:12]} there, {fingerprint[:12]} now): the dataset file was edited, or its generator changed",
+            hint="collect into another --out, or restore the questions the collection started with",
+        )
+    if old is not None and old != new and started:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(
             f"{state} holds a collection with other settings: "
@@ -302,11 +317,15 @@ def _open_state(out: Path, cfg: CollectConfig, command: str) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot create the collection state {state}: {exc.strerror or exc}",
                           hint="choose another --out in a writable folder") from exc
-    if old == new:
+    if old == new and (meta.get("questions_sha256") or not fingerprint):
         return state
-    # a new collection, or nothing was collected under the old settings (e.g. an upstream that was down)
+    # a new collection, nothing collected under the old settings (e.g. an upstream that was down),
+    # or a state from before questions were fingerprinted (it keeps its command)
+    record = {"identity": ident, "command": meta["command"] if old == new and meta.get("command") else command}
+    if fingerprint:
+        record["questions_sha256"] = fingerprint
     tmp = state / ".config.json.tmp"
-    tmp.write_text(json.dumps({"identity": ident, "command": command}, indent=1))
+    tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, cfg_path)
     return state
 
@@ -374,7 +393,7 @@ def collect(
         raise ConfigError("--direct needs the embedded backend (it continues the prompt with the forcing string as token ids)",
                           hint="collect direct answers with --model embedded or a GGUF path")
     resolved = _HttpModel(cfg.model) if is_http(cfg.model) else resolve_model(cfg.model)  # a wrong --model fails here too
-    state = _open_state(out, cfg, command)
+    state = _open_state(out, cfg, command, questions_fingerprint(items))
     if seed_from is not None:
         seed_chunks(state, seed_from, cfg)
     done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
