@@ -218,3 +218,9 @@ def test_a_started_collection_refuses_edited_questions(tmp_path):
         collect(_cfg(tmp_path), out)
     again = json.loads((state / "config.json").read_text())
     assert again["questions_sha256"] != "" and again["command"] == meta["command"]
+
+
+def test_an_empty_forcing_string_is_refused(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "stopwise.cli.main", "collect", "--dataset", "gsm8k", "--model", DEAD,
+                        "--forcing", " ", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--forcing is empty" in p.stderr and not (tmp_path / "o.collect").exists()

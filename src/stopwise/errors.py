@@ -84,7 +84,7 @@ class UnknownNameError(ConfigError):
     def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
         valid = sorted(valid)
         close = difflib.get_close_matches(name, valid, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(valid)}"
+        hint = f"did you mean '{close[0]}'?" if close else "choose one of the valid names above"
         super().__init__(f"unknown {kind} '{name}'; valid: {', '.join(valid)}", hint=hint)
 
 

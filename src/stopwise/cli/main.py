@@ -117,6 +117,8 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round
             raise ConfigError(f"--chains-first {chains_first}: needs M >= 1 questions and K > --chains ({kw['chains']}) chains",
                               hint=f"e.g. --chains-first 64:{max(16, kw['chains'] + 1)}")
         cf = (m, k)
+    if forcing is not None and not forcing.strip():
+        raise ConfigError("--forcing is empty: a probe would ask nothing", hint="e.g. --forcing 'Final answer: '")
     extra = {"forcing": forcing} if forcing is not None else {}
     cfg = CollectConfig(chains_first=cf, cue_probes=not no_cue_probes, **extra, **kw)
     # Ctrl-C or `kill PID` stops cleanly: the finished chains in memory are flushed first
