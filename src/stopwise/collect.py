@@ -581,7 +581,7 @@ async def _collect_http(
             lc = _Live(it, sid, seed, [], [], [], [], [], [], [], [], set())
             steps: list[Any] = []
             tasks = []
-            async for st in be.stream(prompt, smp):
+            async for st in be.stream(prompt, smp, require_logprobs=True):
                 steps.append(st)
                 counters["tokens"] += 1
                 for pos, cue in lc.add(st, cfg):

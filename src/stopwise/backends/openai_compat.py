@@ -12,8 +12,11 @@ stream, which is how every one of these servers learns to stop generating.
 * Prefix continuation sends token ids where the server accepts a token-id
   prompt (vLLM, SGLang), detected once; otherwise the prefix text.
 * Timeouts: connect, and read (a stall longer than ``read_timeout`` between two
-  chunks ends the stream with a retryable :class:`BackendError`). Probe requests
-  are idempotent and retried ``retries`` times on retryable errors.
+  chunks, or longer than that with only keep-alive comments, ends the stream with a
+  retryable :class:`BackendError`); a non-streamed answer must be complete within
+  ``2 * read_timeout``. Probe requests are idempotent and retried ``retries`` times
+  on retryable errors; generation is not. Malformed answers (no choices, logprob
+  arrays of different lengths, non-numbers) are errors, never silently shortened chains.
 
 ``httpx`` is imported lazily (extra ``[http]``).
 """
@@ -80,24 +83,55 @@ def _httpx():
     return httpx
 
 
-def _steps_from_completion_logprobs(lp: dict[str, Any] | None, text: str) -> list[TokenStep]:
-    """TokenSteps from the legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs)."""
+_SHAPE_HINT = "is this an OpenAI-compatible /v1/completions endpoint? (vLLM, SGLang, llama.cpp's server and Ollama are)"
+
+
+def _steps_from_completion_logprobs(lp: dict[str, Any] | None, text: str, *, what: str = "completion",
+                                    require: bool = False) -> list[TokenStep]:
+    """TokenSteps from the legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs).
+
+    A ``logprobs`` object whose arrays differ in length, or whose values are not numbers,
+    is an error (zipping them would silently drop tokens). With ``require``, text that
+    comes without logprobs is an error too (a collection must not record NaN chains).
+    """
     if not lp or not lp.get("tokens"):
+        if require and text:
+            raise BackendError(f"{what}: the upstream sent text without logprobs", retryable=False,
+                               hint="this server does not return logprobs on /v1/completions; collection needs them "
+                               "(vLLM, SGLang and llama.cpp's server return them)")
         return [TokenStep(text=text)] if text else []
-    out = []
-    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
-    lps = lp.get("token_logprobs") or [None] * len(lp["tokens"])
-    for tok, l, top in zip(lp["tokens"], lps, tops):
-        items = sorted((top or {}).items(), key=lambda kv: -kv[1])
-        out.append(
-            TokenStep(
-                text=tok,
-                logprob=math.nan if l is None else float(l),
-                top_tokens=[k for k, _ in items],
-                top_logprobs=[float(v) for _, v in items],
+    try:
+        toks = lp["tokens"]
+        n = len(toks)
+        tops = lp.get("top_logprobs") or [None] * n
+        lps = lp.get("token_logprobs") or [None] * n
+        if not (isinstance(toks, list) and isinstance(tops, list) and isinstance(lps, list)) or len(tops) != n or len(lps) != n:
+            raise ValueError(f"tokens, token_logprobs and top_logprobs have {n}, {len(lps)} and {len(tops)} entries")
+        out = []
+        for tok, l, top in zip(toks, lps, tops):
+            items = sorted((top or {}).items(), key=lambda kv: -float(kv[1]))
+            out.append(
+                TokenStep(
+                    text=str(tok),
+                    logprob=math.nan if l is None else float(l),
+                    top_tokens=[str(k) for k, _ in items],
+                    top_logprobs=[float(v) for _, v in items],
+                )
             )
-        )
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise BackendError(f"{what}: malformed logprobs from the upstream: {exc}", retryable=False, hint=_SHAPE_HINT) from exc
     return out
+
+
+def _choices(obj: Any, what: str) -> list[dict[str, Any]]:
+    """The ``choices`` of a response or stream event, checked to be a list of objects."""
+    ch = obj.get("choices") if isinstance(obj, dict) else None
+    if ch is None and isinstance(obj, dict):
+        return []
+    if not isinstance(ch, list) or not all(isinstance(c, dict) for c in ch):
+        raise BackendError(f"{what}: malformed response from the upstream (no list of choice objects): {str(obj)[:160]!r}",
+                           retryable=False, hint=_SHAPE_HINT)
+    return ch
 
 
 def _steps_from_chat_logprobs(lp: dict[str, Any] | None, text: str) -> list[TokenStep]:
@@ -106,16 +140,20 @@ def _steps_from_chat_logprobs(lp: dict[str, Any] | None, text: str) -> list[Toke
     if not content:
         return [TokenStep(text=text)] if text else []
     out = []
-    for e in content:
-        tops = e.get("top_logprobs") or []
-        out.append(
-            TokenStep(
-                text=e.get("token", ""),
-                logprob=float(e.get("logprob", math.nan)),
-                top_tokens=[t.get("token", "") for t in tops],
-                top_logprobs=[float(t.get("logprob", math.nan)) for t in tops],
+    try:
+        for e in content:
+            tops = e.get("top_logprobs") or []
+            out.append(
+                TokenStep(
+                    text=str(e.get("token", "")),
+                    logprob=float(e.get("logprob", math.nan)),
+                    top_tokens=[str(t.get("token", "")) for t in tops],
+                    top_logprobs=[float(t.get("logprob", math.nan)) for t in tops],
+                )
             )
-        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise BackendError(f"chat completion: malformed logprobs from the upstream: {exc}", retryable=False,
+                           hint="is this an OpenAI-compatible /v1/chat/completions endpoint?") from exc
     return out
 
 
@@ -138,7 +176,8 @@ class OpenAICompatBackend(Backend):
     connect_timeout, read_timeout : float
         Seconds to connect, and the longest silence between two chunks.
     retries : int
-        Retries of idempotent requests (probes, forcing, model list) on retryable errors.
+        Retries of idempotent requests (probes, forcing) on retryable errors; generation is not
+        retried (a request that timed out may still be decoding upstream).
     max_connections : int
         Upstream connections open at once, all kept alive between requests.
     """
@@ -160,6 +199,15 @@ class OpenAICompatBackend(Backend):
     ) -> None:
         httpx = _httpx()
         url = base_url.rstrip("/")
+        try:
+            parsed = httpx.URL(url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ValueError("needs http:// or https:// and a host")
+            if parsed.port is not None and not 0 < parsed.port < 65536:
+                raise ValueError(f"port {parsed.port} is out of range")
+        except (ValueError, TypeError, httpx.InvalidURL) as exc:
+            raise BackendError(f"upstream URL '{base_url}' is not valid: {exc}", retryable=False,
+                               hint="e.g. http://127.0.0.1:8080/v1") from exc
         self.root = url[: -len("/v1")] if url.endswith("/v1") else url
         self.base = self.root + "/v1"
         self.name = model or "upstream"
@@ -169,6 +217,11 @@ class OpenAICompatBackend(Backend):
         self.retries = retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=10.0, pool=connect_timeout)
+        # a whole non-streamed answer: its first byte within read_timeout (httpx), all of it within this
+        self.request_deadline = 2 * read_timeout + connect_timeout
+        self.read_timeout = read_timeout
+        # the metadata endpoints (/v1/models, /props) answer at once on a live server
+        self.meta_timeout = httpx.Timeout(connect=connect_timeout, read=min(read_timeout, 10.0), write=10.0, pool=connect_timeout)
         # keep every connection alive (httpx keeps 20 by default): under many concurrent streams the
         # others would reconnect for each request
         self._clients = _ClientShards(
@@ -207,25 +260,42 @@ class OpenAICompatBackend(Backend):
         except (ValueError, AttributeError):
             pass
         code = resp.status_code
+        hint = {401: "the upstream wants an API key: check it (api_key=...)", 403: "the API key is not allowed this model or endpoint",
+                404: "check the URL (it should end in /v1 or be the server's root) and the model name",
+                429: "the upstream is rate-limiting: fewer chains at once (lower --batch) or wait"}.get(code)
+        if hint is None and code >= 500:
+            hint = "the upstream failed; a collection resumes where it stopped when run again"
         return BackendError(
             f"{what}: upstream answered HTTP {code}: {msg}",
             retryable=code in (408, 409, 429) or code >= 500,
             status=code,
+            hint=hint,
         )
 
     async def _post_json(self, path: str, body: dict[str, Any], what: str, *, retry: bool) -> dict[str, Any]:
         attempts = 1 + (self.retries if retry else 0)
         last: BackendError | None = None
+        async def once() -> Any:
+            async with self._clients.use() as client:
+                resp = await client.post(self.base + path, json=body)
+            if resp.status_code >= 400:
+                raise await self._status_error(resp, what)
+            try:
+                obj = resp.json()
+            except ValueError as exc:
+                raise BackendError(f"{what}: malformed response from {self.root} (not JSON): {resp.text[:200]!r}", retryable=True) from exc
+            if not isinstance(obj, dict):
+                raise BackendError(f"{what}: malformed response from {self.root} (not a JSON object): {resp.text[:200]!r}",
+                                   retryable=False, hint=_SHAPE_HINT)
+            return obj
+
         for i in range(attempts):
             try:
-                async with self._clients.use() as client:
-                    resp = await client.post(self.base + path, json=body)
-                if resp.status_code >= 400:
-                    raise await self._status_error(resp, what)
                 try:
-                    return resp.json()
-                except ValueError as exc:
-                    raise BackendError(f"{what}: malformed response from {self.root} (not JSON): {resp.text[:200]!r}", retryable=True) from exc
+                    return await asyncio.wait_for(once(), self.request_deadline)
+                except asyncio.TimeoutError as exc:
+                    raise BackendError(f"{what}: upstream {self.root} did not finish its answer within {self.request_deadline:.0f} s",
+                                       retryable=True, hint="the server is overloaded or stalled; raise read_timeout if it is slow") from exc
             except Exception as exc:  # noqa: BLE001 - mapped here, at the boundary
                 last = self._map(exc, what)
                 if not last.retryable or i == attempts - 1:
@@ -239,18 +309,21 @@ class OpenAICompatBackend(Backend):
         if self._model is None:
             try:
                 async with self._clients.use() as client:
-                    resp = await client.get(self.base + "/models")
+                    resp = await client.get(self.base + "/models", timeout=self.meta_timeout)
                 if resp.status_code >= 400:
                     raise await self._status_error(resp, "GET /v1/models")
                 try:
                     data = resp.json().get("data") or []
+                    if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("id"), str) for d in data):
+                        raise ValueError("'data' is not a list of objects with an 'id'")
                 except (ValueError, AttributeError) as exc:
-                    raise BackendError(f"GET /v1/models: malformed response from {self.root} (not the OpenAI JSON): {resp.text[:120]!r}", retryable=True) from exc
+                    raise BackendError(f"GET /v1/models: malformed response from {self.root} (not the OpenAI model list): {resp.text[:120]!r}",
+                                       retryable=False, hint="check the URL: it should be the server's root or end in /v1") from exc
             except Exception as exc:  # noqa: BLE001
                 raise self._map(exc, "GET /v1/models") from exc
             if not data:
-                raise BackendError(f"{self.base}/models lists no model", hint="pass model=...")
-            self._model = str(data[0]["id"])
+                raise BackendError(f"{self.base}/models lists no model", hint="pass model=... (the name the server serves)")
+            self._model = data[0]["id"]
             self.name = self._model
         return self._model
 
@@ -262,11 +335,19 @@ class OpenAICompatBackend(Backend):
         if self._template is None:
             try:
                 async with self._clients.use() as client:
-                    resp = await client.get(self.root + "/props")
+                    resp = await client.get(self.root + "/props", timeout=self.meta_timeout)
                 if resp.status_code == 200:
-                    self._template = resp.json().get("chat_template") or None
+                    tpl = resp.json().get("chat_template") or None
+                    self._template = tpl if isinstance(tpl, str) else None
             except Exception:  # noqa: BLE001 - optional endpoint
                 pass
+            if self._template:
+                try:
+                    self.render_chat([{"role": "user", "content": "x"}])
+                except Exception as exc:  # noqa: BLE001 - jinja's errors, and a template's own raise_exception
+                    self._template = None
+                    raise BackendError(f"GET /props: the server's chat template does not render: {type(exc).__name__}: {exc}",
+                                       retryable=False, hint="fix the server's template (llama.cpp: --chat-template) or pass chat_template=...") from exc
         return self._template
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
@@ -344,6 +425,9 @@ class OpenAICompatBackend(Backend):
                 # which was the largest share of the proxy's CPU per streamed token)
                 buf = b""
                 chunks = resp.aiter_bytes()
+                # keep-alive comments reset httpx's read timeout; only data events count as progress
+                last_event = asyncio.get_running_loop().time()
+                events = 0
                 async for chunk in chunks:
                     lines = (buf + chunk).split(b"\n")
                     buf = lines.pop()
@@ -353,12 +437,26 @@ class OpenAICompatBackend(Backend):
                             await self._drain(chunks)
                             return
                         if obj is not None:
+                            events += 1
+                            last_event = asyncio.get_running_loop().time()
                             yield obj
-                obj = self._sse_line(buf, what)  # a last line without its newline
+                    if asyncio.get_running_loop().time() - last_event > self.read_timeout:
+                        raise BackendError(f"{what}: upstream {self.root} sent no token for {self.read_timeout:.0f} s "
+                                           "(only keep-alive comments)", retryable=True,
+                                           hint="the server is overloaded or stalled; raise read_timeout if it is slow")
+                    if len(buf) > 1 << 20 and not events:
+                        break  # a megabyte without a line break is not an event stream
+                obj = self._sse_line(buf, what) if buf.lstrip()[:5] == b"data:" else None  # a last line without its newline
                 if obj is _DONE:
                     return
                 if obj is not None:
                     yield obj
+                    events += 1
+                if not events and buf.strip():
+                    ctype = resp.headers.get("content-type", "none")
+                    raise BackendError(f"{what}: upstream {self.root} answered a streamed request with a non-stream body "
+                                       f"(content-type {ctype}): {buf[:120].decode(errors='replace')!r}", retryable=False,
+                                       hint="the endpoint does not stream server-sent events; is the URL an OpenAI-compatible /v1?")
                 raise BackendError(f"{what}: upstream {self.root} ended the stream without [DONE]", retryable=True)
         except BackendError:
             raise
@@ -367,19 +465,28 @@ class OpenAICompatBackend(Backend):
                 raise
             raise self._map(exc, what) from exc
 
-    async def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True) -> AsyncIterator[TokenStep]:
+    async def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True,
+                     require_logprobs: bool = False) -> AsyncIterator[TokenStep]:
+        """Stream one chain. With ``require_logprobs`` (collection), text without logprobs
+        is an error instead of steps with NaN logprobs."""
         await self.model_id()
         body = self._completion_body(prompt, sampling, stream=True)
         if not logprobs:
             body.pop("logprobs")
-        events = self._sse("/completions", body, "POST /v1/completions")
+        what = "POST /v1/completions"
+        events = self._sse("/completions", body, what)
+        seen = 0
         try:
             async for obj in events:
-                for ch in obj.get("choices") or []:
-                    for st in _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or ""):
+                for ch in _choices(obj, what):
+                    seen += 1
+                    for st in _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what,
+                                                              require=require_logprobs and logprobs):
                         yield st
         finally:
             await events.aclose()
+        if not seen:
+            raise BackendError(f"{what}: the upstream's stream carried no choices", retryable=False, hint=_SHAPE_HINT)
 
     async def stream_chat(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> AsyncIterator[TokenStep]:
         """Stream a chat completion (the server applies its own template)."""
@@ -399,7 +506,7 @@ class OpenAICompatBackend(Backend):
         events = self._sse("/chat/completions", body, "POST /v1/chat/completions")
         try:
             async for obj in events:
-                for ch in obj.get("choices") or []:
+                for ch in _choices(obj, "POST /v1/chat/completions"):
                     delta = ch.get("delta") or {}
                     for st in _steps_from_chat_logprobs(ch.get("logprobs"), delta.get("content") or ""):
                         yield st
@@ -410,20 +517,22 @@ class OpenAICompatBackend(Backend):
         await self.model_id()
         results: list[ChainResult] = []
         if self.n_supported is not False and n > 1:
-            obj = await self._post_json("/completions", self._completion_body(prompt, sampling, stream=False, n=n), "POST /v1/completions (n)", retry=sampling.seed is not None)
-            choices = obj.get("choices") or []
+            # generation is not retried: a request that timed out may still be decoding upstream
+            obj = await self._post_json("/completions", self._completion_body(prompt, sampling, stream=False, n=n), "POST /v1/completions (n)", retry=False)
+            choices = _choices(obj, "POST /v1/completions (n)")
             self.n_supported = len(choices) >= n
             for ch in choices[:n]:
-                steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "")
+                steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions (n)")
                 results.append(ChainResult(steps, ch.get("finish_reason") or "stop", seed=sampling.seed))
         rest = n - len(results)
         if rest > 0:
             async def one(i: int) -> ChainResult:
                 seed = None if sampling.seed is None else sampling.seed + len(results) + i
                 s = dataclasses.replace(sampling, seed=seed)
-                obj = await self._post_json("/completions", self._completion_body(prompt, s, stream=False), "POST /v1/completions", retry=seed is not None)
-                ch = (obj.get("choices") or [{}])[0]
-                return ChainResult(_steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or ""), ch.get("finish_reason") or "stop", seed=seed)
+                obj = await self._post_json("/completions", self._completion_body(prompt, s, stream=False), "POST /v1/completions", retry=False)
+                ch = (_choices(obj, "POST /v1/completions") or [{}])[0]
+                return ChainResult(_steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions"),
+                                   ch.get("finish_reason") or "stop", seed=seed)
 
             results += await asyncio.gather(*(one(i) for i in range(rest)))
         return results
@@ -440,11 +549,15 @@ class OpenAICompatBackend(Backend):
         if obj is None:
             text = prompt + "".join(s.text for s in prefix) + forcing
             obj = await self._post_json("/completions", self._completion_body(text, greedy, stream=False), "POST /v1/completions (probe)", retry=True)
-        ch = (obj.get("choices") or [{}])[0]
-        steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "")
+        what = "POST /v1/completions (probe)"
+        ch = (_choices(obj, what) or [{}])[0]
+        steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what)
         lp = sum(s.logprob for s in steps if not math.isnan(s.logprob))
         usage = obj.get("usage") or {}
-        return ch.get("text") or "", lp, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or len(steps))
+        try:
+            return str(ch.get("text") or ""), lp, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or len(steps))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BackendError(f"{what}: malformed usage from the upstream: {usage!r}", retryable=False, hint=_SHAPE_HINT) from exc
 
     async def _try_token_prompt(self, prompt: str, ids: list, forcing: str, greedy: Sampling) -> dict[str, Any] | None:
         try:

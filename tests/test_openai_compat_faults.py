@@ -1,0 +1,204 @@
+"""The HTTP backend against fake upstreams (raw loopback sockets, named as fakes) that
+misbehave in ways real servers do: keep-alive comments with no tokens, a body trickled
+byte by byte, logprob arrays of different lengths, no logprobs, no choices, a JSON body
+to a streamed request, HTTP errors, bad URLs and model lists. Each must end in a
+BackendError that says what happened, promptly, and never in a shortened chain."""
+
+import asyncio
+import json
+import threading
+import time
+
+import pytest
+from net_helpers import fake_upstream, read_request
+
+from stopwise.backends.base import Sampling
+from stopwise.backends.openai_compat import OpenAICompatBackend
+from stopwise.errors import BackendError
+
+
+def _http(status, body, ctype="application/json", extra=b""):
+    body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (status, ctype.encode(), len(body), extra, body)
+
+
+def _sse(*events):
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+    return head + b"".join(b"data: " + (e if isinstance(e, bytes) else json.dumps(e).encode()) + b"\n\n" for e in events)
+
+
+def _serve(payload, count=None):
+    """A fake upstream that answers every request with ``payload`` (bytes), counting requests."""
+    seen = count if count is not None else []
+
+    def handler(conn, stop):
+        read_request(conn)
+        seen.append(1)
+        conn.sendall(payload)
+        conn.close()
+
+    return fake_upstream(handler)
+
+
+def _run(url, coro_fn, **kw):
+    async def main():
+        be = OpenAICompatBackend(url, **{"model": "m", "retries": 0, **kw})
+        try:
+            return await coro_fn(be)
+        finally:
+            await be.aclose()
+
+    return asyncio.run(main())
+
+
+async def _collect_stream(be, **kw):
+    return [s async for s in be.stream("x", Sampling(max_tokens=4), **kw)]
+
+
+def _lp(tokens, n_top=None):
+    n_top = len(tokens) if n_top is None else n_top
+    return {"tokens": tokens, "token_logprobs": [-0.5] * len(tokens), "top_logprobs": [{"a": -0.5, "b": -1.5}] * n_top}
+
+
+def test_logprob_arrays_of_different_lengths_are_an_error_not_a_shorter_chain():
+    url, close = _serve(_sse({"choices": [{"text": "Hello world", "logprobs": _lp(["Hel", "lo", " world"], n_top=1)}]}, b"[DONE]"))
+    try:
+        with pytest.raises(BackendError, match="malformed logprobs.*3, 3 and 1 entries") as e:
+            _run(url, _collect_stream)
+        assert not e.value.retryable and "OpenAI-compatible" in e.value.hint
+    finally:
+        close()
+
+
+def test_text_without_logprobs_is_refused_only_where_they_are_required():
+    url, close = _serve(_sse({"choices": [{"text": "Hi"}]}, b"[DONE]"))
+    try:
+        assert [s.text for s in _run(url, _collect_stream)] == ["Hi"]  # a proxy can pass it on
+        with pytest.raises(BackendError, match="text without logprobs") as e:
+            _run(url, lambda be: _collect_stream(be, require_logprobs=True))
+        assert "does not return logprobs" in e.value.hint
+    finally:
+        close()
+
+
+@pytest.mark.parametrize("event, match", [
+    ({"id": "x", "object": "text_completion"}, "carried no choices"),
+    ({"choices": "abc"}, "no list of choice objects"),
+    ({"choices": [{"text": "a", "logprobs": {"tokens": ["a"], "token_logprobs": ["high"], "top_logprobs": [None]}}]}, "malformed logprobs"),
+])
+def test_malformed_stream_events_are_named(event, match):
+    url, close = _serve(_sse(event, b"[DONE]"))
+    try:
+        with pytest.raises(BackendError, match=match):
+            _run(url, _collect_stream)
+    finally:
+        close()
+
+
+def test_a_json_body_to_a_streamed_request_is_named_not_retried():
+    url, close = _serve(_http(200, {"choices": [{"text": "a"}]}))
+    try:
+        with pytest.raises(BackendError, match="non-stream body \\(content-type application/json\\)") as e:
+            _run(url, _collect_stream)
+        assert not e.value.retryable
+    finally:
+        close()
+
+
+def test_keep_alive_comments_without_tokens_end_the_stream():
+    def pinger(conn, stop):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        conn.sendall(b'data: {"choices": [{"text": "a", "index": 0}]}\n\n')
+        while not stop.is_set():
+            try:
+                conn.sendall(b": ping\n\n")
+            except OSError:
+                break
+            time.sleep(0.2)
+        conn.close()
+
+    url, close = fake_upstream(pinger)
+    t = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match="sent no token for 1 s \\(only keep-alive comments\\)") as e:
+            _run(url, _collect_stream, read_timeout=1.0)
+        assert e.value.retryable
+    finally:
+        close()
+    assert time.monotonic() - t < 10
+
+
+def test_a_body_trickled_byte_by_byte_cannot_hold_a_probe_forever():
+    body = json.dumps({"choices": [{"text": "4"}]}).encode()
+    stop_all = threading.Event()
+
+    def trickle(conn, stop):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (len(body) * 100))
+        for _ in range(10_000):
+            if stop.is_set() or stop_all.is_set():
+                break
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            time.sleep(0.3)
+        conn.close()
+
+    url, close = fake_upstream(trickle)
+    t = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match="did not finish its answer within 3 s"):
+            _run(url, lambda be: be.continue_prefix("q", [], "A:", 4), read_timeout=1.0, connect_timeout=1.0)
+    finally:
+        stop_all.set()
+        close()
+    assert time.monotonic() - t < 15
+
+
+@pytest.mark.parametrize("status, hint", [(401, "API key"), (404, "check the URL"), (429, "rate-limiting"), (503, "resumes")])
+def test_http_errors_carry_a_hint(status, hint):
+    url, close = _serve(_http(status, {"error": {"message": "nope"}}))
+    try:
+        with pytest.raises(BackendError, match=f"HTTP {status}: nope") as e:
+            _run(url, _collect_stream)
+        assert hint in e.value.hint and e.value.status == status
+    finally:
+        close()
+
+
+def test_generation_is_not_retried_but_probes_are():
+    seen = []
+    url, close = _serve(_http(500, {"error": {"message": "boom"}}), seen)
+    try:
+        with pytest.raises(BackendError, match="HTTP 500"):
+            _run(url, lambda be: be.sample("x", Sampling(max_tokens=3, seed=7), 1), retries=2)
+        assert len(seen) == 1
+        with pytest.raises(BackendError, match="HTTP 500"):
+            _run(url, lambda be: be.continue_prefix("q", [], "A:", 4), retries=2)
+        assert len(seen) == 1 + 3
+    finally:
+        close()
+
+
+def test_bad_urls_model_lists_and_templates_are_named():
+    with pytest.raises(BackendError, match="is not valid") as e:
+        OpenAICompatBackend("http://127.0.0.1:99999/v1")
+    assert "http://127.0.0.1:8080/v1" in e.value.hint
+    with pytest.raises(BackendError, match="is not valid"):
+        OpenAICompatBackend("ftp://example.org")
+    for data in ({"data": [{"name": "m"}]}, {"data": {"id": "m"}}, {"data": "m"}):
+        url, close = _serve(_http(200, data))
+        try:
+            with pytest.raises(BackendError, match="not the OpenAI model list"):
+                _run(url, lambda be: be.model_id(), model=None)
+        finally:
+            close()
+    url, close = _serve(_http(200, {"chat_template": "{% for m in messages %}{{ m.content "}))
+    try:
+        with pytest.raises(BackendError, match="chat template does not render") as e:
+            _run(url, lambda be: be.fetch_chat_template())
+        assert "--chat-template" in e.value.hint
+    finally:
+        close()
