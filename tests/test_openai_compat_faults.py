@@ -202,3 +202,67 @@ def test_bad_urls_model_lists_and_templates_are_named():
         assert "--chat-template" in e.value.hint
     finally:
         close()
+
+
+def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, recwarn, caplog):
+    """Two chains stream at once; one upstream stream breaks. The collection stops with that
+    error (not an IndexError from a client closed under the other chain), the other chain is
+    cancelled, and no half chain reaches the working state."""
+    import socket
+
+    from stopwise.collect import CollectConfig, collect, read_chunks
+
+    def request(conn):
+        conn.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        n = next((int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")), 0)
+        while len(body) < n:
+            body += conn.recv(65536)
+        return head.split(b" ")[1], body
+
+    streams = []
+
+    def handler(conn, stop):
+        path, body = request(conn)
+        if path.endswith(b"/models"):
+            conn.sendall(_http(200, {"data": [{"id": "m"}]}))
+        elif path.endswith(b"/props"):
+            conn.sendall(_http(404, {"error": "no"}))
+        else:
+            streams.append(1)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+            ev = {"choices": [{"text": "1", "logprobs": _lp(["1"])}]}
+            if len(streams) == 1:  # the first chain's stream breaks after one token
+                time.sleep(0.3)
+                conn.sendall(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                conn.shutdown(socket.SHUT_RDWR)
+            else:  # the second is slow and would finish much later
+                for _ in range(40):
+                    if stop.is_set():
+                        break
+                    try:
+                        conn.sendall(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                    except OSError:
+                        break
+                    time.sleep(0.25)
+        conn.close()
+
+    url, close = fake_upstream(handler)
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"question": "1+0?", "answer": 1}) + "\n")
+    cfg = CollectConfig(dataset=f"jsonl:{q}", model=url, questions=1, chains=2, max_tokens=40, probe_every=0,
+                        cue_probes=False, batch_chains=2)
+    t = time.monotonic()
+    try:
+        with pytest.raises(BackendError, match="ended the stream without \\[DONE\\]|connection to .* broke"):
+            collect(cfg, tmp_path / "o")
+    finally:
+        close()
+    assert time.monotonic() - t < 8, "the slow sibling was not cancelled"
+    assert read_chunks(tmp_path / "o.collect") == []
+    assert not [w for w in recwarn.list if "never retrieved" in str(w.message) or "never awaited" in str(w.message)]
+    # nothing is left to fail during asyncio.run()'s shutdown (an IndexError from closed client shards was)
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"], caplog.text

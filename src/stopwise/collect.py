@@ -580,13 +580,18 @@ async def _collect_http(
             smp = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens, seed)
             lc = _Live(it, sid, seed, [], [], [], [], [], [], [], [], set())
             steps: list[Any] = []
-            tasks = []
-            async for st in be.stream(prompt, smp, require_logprobs=True):
-                steps.append(st)
-                counters["tokens"] += 1
-                for pos, cue in lc.add(st, cfg):
-                    tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
-            lc.probes = list(await asyncio.gather(*tasks))
+            tasks: list[asyncio.Task] = []
+            try:
+                async for st in be.stream(prompt, smp, require_logprobs=True):
+                    steps.append(st)
+                    counters["tokens"] += 1
+                    for pos, cue in lc.add(st, cfg):
+                        tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
+                lc.probes = list(await asyncio.gather(*tasks))
+            finally:  # a failed stream or probe: this chain's other probes stop too
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
             lc.finish = "length" if len(lc.tokens) >= cfg.max_tokens else "stop"
             lc.entropy = None  # type: ignore[assignment]
             buffer.append(_record(lc, cfg))
@@ -613,9 +618,15 @@ async def _collect_http(
                     }
                 )
 
+    jobs = [asyncio.create_task(chain(it, sid)) for it, sids in todo for sid in sids]
     try:
-        await asyncio.gather(*(chain(it, sid) for it, sids in todo for sid in sids))
+        await asyncio.gather(*jobs)
     finally:
+        # one chain failed (or the run was stopped): the others stop before the client closes,
+        # and every chain finished by then is flushed
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
         if buffer:
             _write_chunk(state / "chunks", buffer)
         run.record(counters["new"], counters["tokens"])

@@ -64,10 +64,12 @@ class _ClientShards:
             self.busy.append(0)
             i = len(self.clients) - 1
         self.busy[i] += 1
+        client = self.clients[i]
         try:
-            yield self.clients[i]
+            yield client
         finally:
-            self.busy[i] -= 1
+            if i < len(self.clients) and self.clients[i] is client:  # aclose() may have emptied the shards
+                self.busy[i] -= 1
 
     async def aclose(self) -> None:
         for c in self.clients:
