@@ -266,3 +266,54 @@ def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, re
     assert not [w for w in recwarn.list if "never retrieved" in str(w.message) or "never awaited" in str(w.message)]
     # nothing is left to fail during asyncio.run()'s shutdown (an IndexError from closed client shards was)
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"], caplog.text
+
+
+def test_a_probe_retry_waits_for_retry_after():
+    from stopwise.backends.openai_compat import _retry_after
+
+    assert _retry_after("2") == 2.0 and _retry_after(None) is None and _retry_after("soon") is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+    times = []
+
+    def limited(conn, stop):
+        read_request(conn)
+        times.append(time.monotonic())
+        conn.sendall(_http(429, {"error": {"message": "slow down"}}, extra=b"retry-after: 1\r\n"))
+        conn.close()
+
+    url, close = fake_upstream(limited)
+    try:
+        with pytest.raises(BackendError, match="HTTP 429") as e:
+            _run(url, lambda be: be.continue_prefix("q", [], "A:", 4), retries=1)
+        assert e.value.retry_after == 1.0
+    finally:
+        close()
+    assert len(times) == 2 and times[1] - times[0] >= 0.95
+
+
+def test_a_busy_client_pool_is_named_as_such():
+    def stall(conn, stop):
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        stop.wait(20)
+        conn.close()
+
+    url, close = fake_upstream(stall)
+
+    async def main(be):
+        agen = be.stream("x", Sampling(max_tokens=4))
+        first = asyncio.create_task(agen.__anext__())  # holds the only connection
+        await asyncio.sleep(0.3)
+        try:
+            await be.continue_prefix("q", [], "A:", 4)
+        finally:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+            await agen.aclose()
+
+    try:
+        with pytest.raises(BackendError, match="no free connection") as e:
+            _run(url, main, max_connections=1, connect_timeout=0.5, read_timeout=10.0)
+        assert "lower --batch" in e.value.hint
+    finally:
+        close()

@@ -117,9 +117,13 @@ class BackendError(StopwiseError):
     hint : str, optional
     status : int, optional
         The upstream HTTP status, where there was one.
+    retry_after : float, optional
+        Seconds the upstream asked to wait before a retry (its ``Retry-After`` header).
     """
 
-    def __init__(self, message: str, *, retryable: bool = False, hint: str | None = None, status: int | None = None) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, hint: str | None = None, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message, hint=hint)

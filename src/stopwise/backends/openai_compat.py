@@ -36,6 +36,25 @@ from stopwise.errors import BackendError, MissingExtraError
 
 
 _DONE = object()  # the [DONE] line of a stream
+MAX_RETRY_AFTER = 30.0  # seconds: the longest Retry-After a probe retry waits
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils
+    import time
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when is not None else None
 
 
 class _ClientShards:
@@ -242,6 +261,10 @@ class OpenAICompatBackend(Backend):
             return exc
         if isinstance(exc, httpx.ConnectError):
             return BackendError(f"{what}: cannot connect to {self.root}: {exc}", retryable=True, hint="is the server running and the URL right?")
+        if isinstance(exc, httpx.PoolTimeout):
+            return BackendError(f"{what}: no free connection to {self.root} within {self.timeout.pool} s "
+                                "(this client's max_connections are all busy)", retryable=True,
+                                hint="fewer chains at once (lower --batch), or raise max_connections")
         if isinstance(exc, httpx.TimeoutException):
             return BackendError(f"{what}: upstream {self.root} timed out ({type(exc).__name__})", retryable=True, hint="the server is overloaded or stalled; raise read_timeout if it is slow")
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
@@ -272,6 +295,7 @@ class OpenAICompatBackend(Backend):
             retryable=code in (408, 409, 429) or code >= 500,
             status=code,
             hint=hint,
+            retry_after=_retry_after(resp.headers.get("retry-after")),
         )
 
     async def _post_json(self, path: str, body: dict[str, Any], what: str, *, retry: bool) -> dict[str, Any]:
@@ -302,7 +326,8 @@ class OpenAICompatBackend(Backend):
                 last = self._map(exc, what)
                 if not last.retryable or i == attempts - 1:
                     raise last from exc
-                await asyncio.sleep(0.2 * 2**i)
+                # the upstream's Retry-After where it gave one (capped), else a short exponential backoff
+                await asyncio.sleep(max(0.2 * 2**i, min(last.retry_after or 0.0, MAX_RETRY_AFTER)))
         raise last  # type: ignore[misc]
 
     # ---- model and template --------------------------------------------------------------
