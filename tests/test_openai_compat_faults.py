@@ -224,6 +224,7 @@ def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, re
         return head.split(b" ")[1], body
 
     streams = []
+    lock = threading.Lock()
 
     def handler(conn, stop):
         path, body = request(conn)
@@ -232,10 +233,12 @@ def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, re
         elif path.endswith(b"/props"):
             conn.sendall(_http(404, {"error": "no"}))
         else:
-            streams.append(1)
+            with lock:  # the two streams' handlers run at once: number them atomically
+                streams.append(1)
+                first = len(streams) == 1
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
             ev = {"choices": [{"text": "1", "logprobs": _lp(["1"])}]}
-            if len(streams) == 1:  # the first chain's stream breaks after one token
+            if first:  # the first chain's stream breaks after one token
                 time.sleep(0.3)
                 conn.sendall(b"data: " + json.dumps(ev).encode() + b"\n\n")
                 conn.shutdown(socket.SHUT_RDWR)
