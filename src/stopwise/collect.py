@@ -270,13 +270,14 @@ def _check_out(out: Path, ident: dict[str, Any]) -> None:
     if what is None:
         if not any(out.iterdir()):
             return
+        from stopwise.traces.io import MANIFEST
+
         try:
-            manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-            theirs = manifest["provenance"]["collect"]
+            theirs = json.loads((out / MANIFEST).read_text(encoding="utf-8"))["provenance"]["collect"]
         except (OSError, ValueError, KeyError, TypeError):
             what = "a folder that is not a trace set written by stopwise collect"
         else:
-            if json.loads(json.dumps(theirs)) == json.loads(json.dumps(ident)):
+            if theirs == json.loads(json.dumps(ident)):  # the manifest holds the identity as JSON
                 return
             what = "a trace set of another collection"
     raise ConfigError(f"--out {out} already holds {what}; the collection would replace it",

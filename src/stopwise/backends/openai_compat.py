@@ -104,6 +104,7 @@ def _httpx():
     return httpx
 
 
+_STALL_HINT = "the server is overloaded or stalled; raise read_timeout if it is slow"
 _SHAPE_HINT = "is this an OpenAI-compatible /v1/completions endpoint? (vLLM, SGLang, llama.cpp's server and Ollama are)"
 
 
@@ -240,7 +241,6 @@ class OpenAICompatBackend(Backend):
         self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=10.0, pool=connect_timeout)
         # a whole non-streamed answer: its first byte within read_timeout (httpx), all of it within this
         self.request_deadline = 2 * read_timeout + connect_timeout
-        self.read_timeout = read_timeout
         # the metadata endpoints (/v1/models, /props) answer at once on a live server
         self.meta_timeout = httpx.Timeout(connect=connect_timeout, read=min(read_timeout, 10.0), write=10.0, pool=connect_timeout)
         # keep every connection alive (httpx keeps 20 by default): under many concurrent streams the
@@ -266,7 +266,7 @@ class OpenAICompatBackend(Backend):
                                 "(this client's max_connections are all busy)", retryable=True,
                                 hint="fewer chains at once (lower --batch), or raise max_connections")
         if isinstance(exc, httpx.TimeoutException):
-            return BackendError(f"{what}: upstream {self.root} timed out ({type(exc).__name__})", retryable=True, hint="the server is overloaded or stalled; raise read_timeout if it is slow")
+            return BackendError(f"{what}: upstream {self.root} timed out ({type(exc).__name__})", retryable=True, hint=_STALL_HINT)
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
             return BackendError(f"{what}: connection to {self.root} broke: {exc}", retryable=True)
         return BackendError(f"{what}: {type(exc).__name__}: {exc}")
@@ -321,7 +321,7 @@ class OpenAICompatBackend(Backend):
                     return await asyncio.wait_for(once(), self.request_deadline)
                 except asyncio.TimeoutError as exc:
                     raise BackendError(f"{what}: upstream {self.root} did not finish its answer within {self.request_deadline:.0f} s",
-                                       retryable=True, hint="the server is overloaded or stalled; raise read_timeout if it is slow") from exc
+                                       retryable=True, hint=_STALL_HINT) from exc
             except Exception as exc:  # noqa: BLE001 - mapped here, at the boundary
                 last = self._map(exc, what)
                 if not last.retryable or i == attempts - 1:
@@ -453,7 +453,8 @@ class OpenAICompatBackend(Backend):
                 buf = b""
                 chunks = resp.aiter_bytes()
                 # keep-alive comments reset httpx's read timeout; only data events count as progress
-                last_event = asyncio.get_running_loop().time()
+                clock = asyncio.get_running_loop().time
+                last_event = clock()
                 events = 0
                 async for chunk in chunks:
                     lines = (buf + chunk).split(b"\n")
@@ -465,15 +466,15 @@ class OpenAICompatBackend(Backend):
                             return
                         if obj is not None:
                             events += 1
-                            last_event = asyncio.get_running_loop().time()
+                            last_event = clock()
                             yield obj
-                    if asyncio.get_running_loop().time() - last_event > self.read_timeout:
-                        raise BackendError(f"{what}: upstream {self.root} sent no token for {self.read_timeout:.0f} s "
+                    if clock() - last_event > self.timeout.read:
+                        raise BackendError(f"{what}: upstream {self.root} sent no token for {self.timeout.read:.0f} s "
                                            "(only keep-alive comments)", retryable=True,
-                                           hint="the server is overloaded or stalled; raise read_timeout if it is slow")
+                                           hint=_STALL_HINT)
                     if len(buf) > 1 << 20 and not events:
                         break  # a megabyte without a line break is not an event stream
-                obj = self._sse_line(buf, what) if buf.lstrip()[:5] == b"data:" else None  # a last line without its newline
+                obj = self._sse_line(buf, what)  # a last line without its newline
                 if obj is _DONE:
                     return
                 if obj is not None:
