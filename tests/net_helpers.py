@@ -11,8 +11,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def read_request(conn) -> None:
-    """Read one HTTP request (head and body) from ``conn``."""
+def read_request(conn) -> tuple[bytes, bytes]:
+    """Read one HTTP request (head and body) from ``conn``; returns (path, body)."""
     conn.settimeout(5)
     data = b""
     while b"\r\n\r\n" not in data:
@@ -21,6 +21,7 @@ def read_request(conn) -> None:
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0)
     while len(body) < length:
         body += conn.recv(65536)
+    return head.split(b" ")[1], body
 
 
 def fake_upstream(handler):

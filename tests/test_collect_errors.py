@@ -11,7 +11,7 @@ import pytest
 
 from stopwise.collect import CollectConfig, assemble, collect
 from stopwise.datasets import load_dataset
-from stopwise.errors import ConfigError, TraceFormatError, TraceSetError, UnknownNameError
+from stopwise.errors import BackendError, ConfigError, TraceFormatError, TraceSetError, UnknownNameError
 from stopwise.models import resolve_model
 
 DEAD = "http://127.0.0.1:9"  # nothing listens there: the HTTP backend fails at its first request
@@ -132,8 +132,6 @@ def test_a_wrong_model_writes_nothing_and_a_failed_start_does_not_lock_the_setti
     assert not (tmp_path / "c.collect").exists()
     # an upstream that is down fails after the state is opened; nothing was collected, so
     # other settings may follow (here another URL) without "holds a collection with other settings"
-    from stopwise.errors import BackendError
-
     with pytest.raises(BackendError, match="cannot connect"):
         collect(_cfg(tmp_path), out)
     with pytest.raises(BackendError, match="cannot connect"):
@@ -143,8 +141,6 @@ def test_a_wrong_model_writes_nothing_and_a_failed_start_does_not_lock_the_setti
 
 def test_other_settings_on_a_started_collection_name_both_values(tmp_path):
     out = tmp_path / "c"
-    from stopwise.errors import BackendError
-
     with pytest.raises(BackendError):
         collect(_cfg(tmp_path), out)
     (tmp_path / "c.collect" / "chunks" / "chunk-000000.parquet").write_bytes(b"")  # chains were collected
@@ -155,8 +151,6 @@ def test_other_settings_on_a_started_collection_name_both_values(tmp_path):
 
 def test_assembling_with_nothing_complete_refuses_and_keeps_out(tmp_path):
     out = tmp_path / "c"
-    from stopwise.errors import BackendError
-
     with pytest.raises(BackendError):
         collect(_cfg(tmp_path), out)
     with pytest.raises(ConfigError, match="has its 2 chain\\(s\\) yet; nothing to write"):
@@ -168,8 +162,6 @@ def test_assembling_with_nothing_complete_refuses_and_keeps_out(tmp_path):
                                         ('{"identity": {"dataset": "gsm8k", "from_the_future": 1}}', "unreadable")])
 def test_a_damaged_state_config_is_named(tmp_path, text, what):
     out = tmp_path / "c"
-    from stopwise.errors import BackendError
-
     with pytest.raises(BackendError):
         collect(_cfg(tmp_path), out)
     (tmp_path / "c.collect" / "config.json").write_text(text)
@@ -192,8 +184,6 @@ def test_chains_first_must_add_chains(tmp_path, value):
 def test_a_started_collection_refuses_edited_questions(tmp_path):
     """Same settings, but the JSONL file was edited after chains were collected: refused, since old
     chains would mix with new questions; a state from before fingerprints gains one and resumes."""
-    from stopwise.errors import BackendError
-
     out = tmp_path / "c"
     with pytest.raises(BackendError):
         collect(_cfg(tmp_path), out)

@@ -40,6 +40,18 @@ def _serve(payload, count=None):
     return fake_upstream(handler)
 
 
+def _send_every(conn, payload, seconds, *stops, times=10_000):
+    """Send ``payload`` every ``seconds`` until a stop event is set, the client hangs up or ``times`` sends."""
+    for _ in range(times):
+        if any(ev.is_set() for ev in stops):
+            return
+        try:
+            conn.sendall(payload)
+        except OSError:
+            return
+        time.sleep(seconds)
+
+
 def _run(url, coro_fn, **kw):
     async def main():
         be = OpenAICompatBackend(url, **{"model": "m", "retries": 0, **kw})
@@ -110,12 +122,7 @@ def test_keep_alive_comments_without_tokens_end_the_stream():
         read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
         conn.sendall(b'data: {"choices": [{"text": "a", "index": 0}]}\n\n')
-        while not stop.is_set():
-            try:
-                conn.sendall(b": ping\n\n")
-            except OSError:
-                break
-            time.sleep(0.2)
+        _send_every(conn, b": ping\n\n", 0.2, stop)
         conn.close()
 
     url, close = fake_upstream(pinger)
@@ -136,14 +143,7 @@ def test_a_body_trickled_byte_by_byte_cannot_hold_a_probe_forever():
     def trickle(conn, stop):
         read_request(conn)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (len(body) * 100))
-        for _ in range(10_000):
-            if stop.is_set() or stop_all.is_set():
-                break
-            try:
-                conn.sendall(b" ")
-            except OSError:
-                break
-            time.sleep(0.3)
+        _send_every(conn, b" ", 0.3, stop, stop_all)
         conn.close()
 
     url, close = fake_upstream(trickle)
@@ -212,22 +212,11 @@ def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, re
 
     from stopwise.collect import CollectConfig, collect, read_chunks
 
-    def request(conn):
-        conn.settimeout(5)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
-        head, _, body = data.partition(b"\r\n\r\n")
-        n = next((int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")), 0)
-        while len(body) < n:
-            body += conn.recv(65536)
-        return head.split(b" ")[1], body
-
     streams = []
     lock = threading.Lock()
 
     def handler(conn, stop):
-        path, body = request(conn)
+        path, _ = read_request(conn)
         if path.endswith(b"/models"):
             conn.sendall(_http(200, {"data": [{"id": "m"}]}))
         elif path.endswith(b"/props"):
@@ -237,20 +226,13 @@ def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, re
                 streams.append(1)
                 first = len(streams) == 1
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
-            ev = {"choices": [{"text": "1", "logprobs": _lp(["1"])}]}
+            event = b"data: " + json.dumps({"choices": [{"text": "1", "logprobs": _lp(["1"])}]}).encode() + b"\n\n"
             if first:  # the first chain's stream breaks after one token
                 time.sleep(0.3)
-                conn.sendall(b"data: " + json.dumps(ev).encode() + b"\n\n")
+                conn.sendall(event)
                 conn.shutdown(socket.SHUT_RDWR)
             else:  # the second is slow and would finish much later
-                for _ in range(40):
-                    if stop.is_set():
-                        break
-                    try:
-                        conn.sendall(b"data: " + json.dumps(ev).encode() + b"\n\n")
-                    except OSError:
-                        break
-                    time.sleep(0.25)
+                _send_every(conn, event, 0.25, stop, times=40)
         conn.close()
 
     url, close = fake_upstream(handler)
