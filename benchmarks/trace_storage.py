@@ -48,10 +48,12 @@ def _decisions_changed(ts, rounded, progress=print) -> dict:
     fams, _ = applicable_families(ts, None, "disagreement")
     for fam in fams:
         a, b = fam.replay(ts), fam.replay(rounded)
-        same = (a.answer == b.answer) & (a.cost == b.cost) & (a.abstained == b.abstained)
+        ca, cb = a.cost, b.cost
+        same = (a.answer == b.answer) & (ca == cb) & (a.abstained == b.abstained)
         frac = float(1.0 - same.mean()) if same.size else 0.0
+        mean_a = ca.mean(0)
         out[fam.name] = {"cells": int(same.size), "changed": round(frac, 6),
-                         "mean_cost_change": float(np.max(np.abs(a.cost.mean(0) - b.cost.mean(0)) / np.maximum(a.cost.mean(0), 1)))}
+                         "mean_cost_change": float(np.max(np.abs(mean_a - cb.mean(0)) / np.maximum(mean_a, 1)))}
         progress(f"    {fam.name:22s} decisions changed {100 * frac:6.3f}%  mean cost moved {100 * out[fam.name]['mean_cost_change']:.3f}% at most")
     return out
 
