@@ -214,3 +214,26 @@ def test_an_empty_forcing_string_is_refused(tmp_path):
     p = subprocess.run([sys.executable, "-m", "stopwise.cli.main", "collect", "--dataset", "gsm8k", "--model", DEAD,
                         "--forcing", " ", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "--forcing is empty" in p.stderr and not (tmp_path / "o.collect").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "stopwise.cli.main", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_assemble_partial_refuses_settings_that_differ_from_the_collection(tmp_path):
+    out = tmp_path / "c"
+    with pytest.raises(BackendError):
+        collect(_cfg(tmp_path), out)  # a started collection: its config.json holds the settings
+    ident = json.loads((tmp_path / "c.collect" / "config.json").read_text())["identity"]
+    p = _cli("collect", "--out", str(out), "--assemble-partial", "--questions", "7", "--no-cue-probes")
+    assert p.returncode == 2 and "was collected with other settings than given" in p.stderr
+    assert f"questions {ident['questions']} there, 7 given" in p.stderr and "cue_probes True there, False given" in p.stderr
+    p = _cli("collect", "--out", str(out), "--assemble-partial", "--seed-from", str(tmp_path))
+    assert p.returncode == 2 and "--seed-from seeds a collection" in p.stderr
+    # the collection's own command with the flag added passes the check (and then finds nothing complete);
+    # settings that only set the pace are not part of it
+    own = ["--dataset", ident["dataset"], "--model", ident["model"], "--questions", str(ident["questions"]),
+           "--chains", str(ident["chains"]), "--max-tokens", str(ident["max_tokens"]), "--batch", "3"]
+    p = _cli("collect", *own, "--out", str(out), "--assemble-partial")
+    assert p.returncode == 2 and "nothing to write" in p.stderr, p.stderr
+    assert not out.exists()

@@ -684,6 +684,31 @@ def _record(lc: _Live, cfg: CollectConfig, build: str | None = None) -> dict[str
     return rec
 
 
+def check_assemble_settings(out: str | os.PathLike[str], given: dict[str, Any]) -> None:
+    """Refuse collection settings given beside an assembly that differ from the collection's own.
+
+    ``assemble`` writes what ``OUT.collect`` holds, with the settings it was collected with; a
+    setting given with it (``given``: identity keys of :class:`CollectConfig`) is accepted
+    only where it agrees, so that a collection's own command with ``--assemble-partial``
+    added works, and any other setting is not silently ignored.
+    """
+    state = _state_dir(Path(out))
+    if not given or not (state / "config.json").is_file():
+        return  # assemble() names the missing collection
+    have = CollectConfig(**_read_state_config(state)["identity"]).identity()
+    unknown = sorted(set(given) - set(have) - {"direct"})
+    if unknown:
+        raise ConfigError(f"unknown collection setting(s) {', '.join(unknown)}")
+    diff = sorted(k for k, v in given.items() if json.loads(json.dumps(v)) != json.loads(json.dumps(have.get(k, False))))
+    if diff:
+        raise ConfigError(
+            f"{state} was collected with other settings than given: "
+            + "; ".join(f"{k} {have.get(k, False)!r} there, {given[k]!r} given" for k in diff),
+            hint="assembling writes the collection as it was collected: give only --out (and --round-floats), "
+            "or that collection's own settings",
+        )
+
+
 def assemble(
     out: str | os.PathLike[str],
     *,

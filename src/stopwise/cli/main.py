@@ -98,25 +98,27 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round_floats: int | None, chains_first: str | None,
                 forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
     """Collect a trace set (chains, logprobs, probes) from a model; resumable."""
-    from stopwise.collect import CollectConfig, assemble
+    from stopwise.collect import CollectConfig, assemble, check_assemble_settings
     from stopwise.errors import ConfigError
 
+    cf = _chains_first(chains_first, kw["chains"]) if chains_first is not None else None
     if assemble_partial:
+        # settings given beside it must agree with the collection's (a collect command with the flag added)
+        ctx = click.get_current_context()
+        given_on = {n for n in ctx.params if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
+        if "seed_from" in given_on:
+            raise ConfigError("--seed-from seeds a collection; --assemble-partial only writes one",
+                              hint="drop --seed-from, or drop --assemble-partial to collect")
+        values = {**kw, "chains_first": cf, "forcing": forcing, "cue_probes": not no_cue_probes}
+        names = {"no_cue_probes": "cue_probes"}
+        given = {names.get(n, n): values[names.get(n, n)] for n in given_on
+                 if names.get(n, n) in values and n not in ("batch_chains", "n_threads", "flush_every")}
+        check_assemble_settings(out, given)
         path = assemble(out, complete_only=True, assembled_by=_command_line(), round_floats=round_floats)
         console.print(f"wrote {path} (completed questions only)")
         return
     if kw.get("dataset") is None:
         raise ConfigError("--dataset is required", hint="e.g. --dataset gsm8k")
-    cf = None
-    if chains_first is not None:
-        try:
-            m, k = (int(x) for x in chains_first.split(":"))
-        except ValueError as exc:
-            raise ConfigError(f"--chains-first '{chains_first}' is not M:K", hint="e.g. --chains-first 64:16") from exc
-        if m < 1 or k <= kw["chains"]:
-            raise ConfigError(f"--chains-first {chains_first}: needs M >= 1 questions and K > --chains ({kw['chains']}) chains",
-                              hint=f"e.g. --chains-first 64:{max(16, kw['chains'] + 1)}")
-        cf = (m, k)
     if forcing is not None and not forcing.strip():
         raise ConfigError("--forcing is empty: a probe would ask nothing", hint="e.g. --forcing 'Final answer: '")
     extra = {"forcing": forcing} if forcing is not None else {}
@@ -137,6 +139,20 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round
     finally:  # a caller that runs the CLI in-process gets its own handlers back
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _chains_first(spec: str, chains: int) -> tuple[int, int]:
+    """``--chains-first M:K`` checked: the first M questions get K > ``chains`` chains."""
+    from stopwise.errors import ConfigError
+
+    try:
+        m, k = (int(x) for x in spec.split(":"))
+    except ValueError as exc:
+        raise ConfigError(f"--chains-first '{spec}' is not M:K", hint="e.g. --chains-first 64:16") from exc
+    if m < 1 or k <= chains:
+        raise ConfigError(f"--chains-first {spec}: needs M >= 1 questions and K > --chains ({chains}) chains",
+                          hint=f"e.g. --chains-first 64:{max(16, chains + 1)}")
+    return (m, k)
 
 
 def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None, round_floats: int | None = None) -> None:
