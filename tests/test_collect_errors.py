@@ -156,6 +156,7 @@ def test_assembling_with_nothing_complete_refuses_and_keeps_out(tmp_path):
     with pytest.raises(ConfigError, match="has its 2 chain\\(s\\) yet; nothing to write"):
         assemble(out)
     assert not out.exists()
+    assert not (tmp_path / "c.collect" / "runs.jsonl").exists()  # the failed start is not logged as a run
 
 
 @pytest.mark.parametrize("text, what", [("{not json", "unreadable"), ("[]", "unreadable"),

@@ -513,7 +513,8 @@ def collect(
         finally:
             if buffer:
                 _write_chunk(state / "chunks", buffer)
-            run.record(new_chains, tokens)
+            if tokens:  # a run that decoded nothing (killed while loading) is not a run of the collection
+                run.record(new_chains, tokens)
         if stopping and n_done0 + new_chains < total:
             return None
     return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
@@ -630,7 +631,8 @@ async def _collect_http(
         await asyncio.gather(*jobs, return_exceptions=True)
         if buffer:
             _write_chunk(state / "chunks", buffer)
-        run.record(counters["new"], counters["tokens"])
+        if counters["tokens"]:  # an upstream that failed at once leaves no zero-length run in the log
+            run.record(counters["new"], counters["tokens"])
         await be.aclose()
     return n_done0 + counters["new"] >= total
 
