@@ -78,6 +78,7 @@ def test_n_is_detected_and_parallel_fallback(upstream):
             res = await be.sample(prompt, Sampling(temperature=1.0, max_tokens=5, seed=1), 3)
             assert len(res) == 3 and all(r.steps for r in res)
             assert be.n_supported is False  # llama_cpp.server ignores n
+            assert [r.seed for r in res] == [1, 2, 3]  # its one answer keeps the seed; the fallback's get their own
         finally:
             await be.aclose()
 

@@ -302,3 +302,17 @@ def test_a_busy_client_pool_is_named_as_such():
         assert "lower --batch" in e.value.hint
     finally:
         close()
+
+
+def test_chains_of_one_n_request_do_not_claim_its_seed():
+    """A server that honours ``n`` answers 3 chains from one seed: none of them records it as its own
+    (a server that ignores ``n`` is tested against llama_cpp.server in test_openai_compat)."""
+    choice = {"text": "ab", "finish_reason": "stop", "logprobs": _lp(["a", "b"])}
+    url, close = _serve(_http(200, {"choices": [dict(choice, index=i) for i in range(3)]}))
+    try:
+        res = _run(url, lambda be: be.sample("x", Sampling(max_tokens=2, seed=7), 3))
+        assert [r.text for r in res] == ["ab"] * 3 and [r.seed for r in res] == [None] * 3
+        res = _run(url, lambda be: be.sample("x", Sampling(max_tokens=2, seed=7), 1))
+        assert [r.seed for r in res] == [7]
+    finally:
+        close()

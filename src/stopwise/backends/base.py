@@ -142,7 +142,7 @@ class ChainResult:
     steps: list[TokenStep]
     finish_reason: str
     probes: list[ProbeResult] = field(default_factory=list)
-    seed: int | None = None
+    seed: int | None = None  # the seed that reproduces this chain alone (None: unseeded, or one of an n-request)
 
     @property
     def text(self) -> str:

@@ -549,9 +549,12 @@ class OpenAICompatBackend(Backend):
             obj = await self._post_json("/completions", self._completion_body(prompt, sampling, stream=False, n=n), "POST /v1/completions (n)", retry=False)
             choices = _choices(obj, "POST /v1/completions (n)")
             self.n_supported = len(choices) >= n
+            # the chains of one n-request share its seed, and none of them is reproduced by it alone:
+            # a chain records the seed only where it was the request's one answer (a server that ignores n)
+            one_seed = sampling.seed if len(choices) == 1 else None
             for ch in choices[:n]:
                 steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions (n)")
-                results.append(ChainResult(steps, ch.get("finish_reason") or "stop", seed=sampling.seed))
+                results.append(ChainResult(steps, ch.get("finish_reason") or "stop", seed=one_seed))
         rest = n - len(results)
         if rest > 0:
             async def one(i: int) -> ChainResult:
