@@ -19,8 +19,8 @@ Usage::
 
     python benchmarks/batch_determinism.py [--model embedded] [--out results/batch_determinism.json]
 
-``results/batch_determinism.json`` is the portable AVX2 build (before the noise
-figures were added); ``results/batch_determinism_avx512.json`` is the AVX-512
+``results/batch_determinism.json`` is the portable AVX2 build (``--out
+benchmarks/results/batch_determinism.json``); ``results/batch_determinism_avx512.json`` is the AVX-512
 build that decoded most of the bundled corpora
 (``PYTHONPATH=build/native/site python benchmarks/batch_determinism.py --out
 benchmarks/results/batch_determinism_avx512.json``).

@@ -3,9 +3,8 @@
 Logprobs, entropies and token confidences are float32. Their low mantissa bits
 hold detail the backend does not reproduce: llama.cpp's CPU logits for the
 same prefix differ by up to ~0.1 nats (chosen token) and ~0.6 nats (top-5)
-with what else is in the batch (``benchmarks/batch_determinism.py``, AVX-512
-build). Rounding
-to fewer mantissa bits, kept as float32, zeroes those bits, and the writer's
+with what else is in the batch (``benchmarks/batch_determinism.py``; the AVX-512
+and the portable AVX2 builds alike). Rounding to fewer mantissa bits, kept as float32, zeroes those bits, and the writer's
 byte-stream-split encoding then stores them in almost nothing
 (``benchmarks/trace_storage.py``). The default everywhere is lossless; this is
 for sets whose size matters, such as the bundled corpora.
