@@ -316,3 +316,29 @@ def test_chains_of_one_n_request_do_not_claim_its_seed():
         assert [r.seed for r in res] == [7]
     finally:
         close()
+
+
+def test_chains_that_start_together_share_one_model_list_request():
+    seen = []
+    url, close = _serve(_http(200, {"object": "list", "data": [{"id": "served"}]}), seen)
+
+    async def many(be):
+        return await asyncio.gather(*(be.model_id() for _ in range(8)))
+
+    try:
+        assert _run(url, many, model=None) == ["served"] * 8
+        assert len(seen) == 1
+    finally:
+        close()
+    # a failed request is not remembered: the next call asks again
+    seen.clear()
+    url, close = _serve(_http(503, {"error": {"message": "loading"}}), seen)
+    try:
+        async def twice(be):
+            for _ in range(2):
+                with pytest.raises(BackendError, match="HTTP 503"):
+                    await asyncio.gather(*(be.model_id() for _ in range(4)))
+        _run(url, twice, model=None)
+        assert len(seen) == 2
+    finally:
+        close()

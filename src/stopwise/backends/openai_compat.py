@@ -234,6 +234,7 @@ class OpenAICompatBackend(Backend):
         self.base = self.root + "/v1"
         self.name = model or "upstream"
         self._model = model
+        self._model_fetch: dict[Any, asyncio.Task] = {}  # per event loop: one GET /v1/models in flight
         self._template = chat_template
         self.top_logprobs = top_logprobs
         self.retries = retries
@@ -333,6 +334,19 @@ class OpenAICompatBackend(Backend):
     # ---- model and template --------------------------------------------------------------
 
     async def model_id(self) -> str:
+        """The ``model`` field sent upstream: the given one, else the first served (asked once:
+        chains that start together share one ``GET /v1/models``; a failure is asked again next time)."""
+        if self._model is not None:
+            return self._model
+        loop = asyncio.get_running_loop()
+        task = self._model_fetch.get(loop)
+        if task is None:
+            task = self._model_fetch[loop] = loop.create_task(self._fetch_model_id())
+            task.add_done_callback(lambda t: self._model_fetch.pop(loop, None) if self._model_fetch.get(loop) is t else None)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if every caller left
+        return await asyncio.shield(task)  # a caller cancelled does not cancel the others' request
+
+    async def _fetch_model_id(self) -> str:
         if self._model is None:
             try:
                 async with self._clients.use() as client:
