@@ -342,3 +342,33 @@ def test_chains_that_start_together_share_one_model_list_request():
         assert len(seen) == 2
     finally:
         close()
+
+
+def test_a_model_list_request_whose_callers_left_ends_with_aclose():
+    """Every chain waiting for a slow GET /v1/models is cancelled (Ctrl-C): aclose() stops the shared request."""
+    stop = threading.Event()
+
+    def handler(conn, _stop):
+        read_request(conn)
+        stop.wait(10)  # never answers in time
+        conn.close()
+
+    url, close = fake_upstream(handler)
+
+    async def main():
+        be = OpenAICompatBackend(url, retries=0)
+        waiters = [asyncio.create_task(be.model_id()) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        task = next(iter(be._model_fetch.values()))
+        assert not task.done()  # shielded: the callers left, the request did not
+        await be.aclose()
+        assert task.cancelled()  # stopped by aclose (not later, by asyncio.run's own cleanup)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        close()

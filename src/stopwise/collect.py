@@ -513,7 +513,7 @@ def collect(
         finally:
             if buffer:
                 _write_chunk(state / "chunks", buffer)
-            if tokens:  # a run that decoded nothing (killed while loading) is not a run of the collection
+            if tokens or new_chains:  # a run that decoded nothing (killed while loading) is not a run of the collection
                 run.record(new_chains, tokens)
         if stopping and n_done0 + new_chains < total:
             return None
@@ -631,7 +631,7 @@ async def _collect_http(
         await asyncio.gather(*jobs, return_exceptions=True)
         if buffer:
             _write_chunk(state / "chunks", buffer)
-        if counters["tokens"]:  # an upstream that failed at once leaves no zero-length run in the log
+        if counters["tokens"] or counters["new"]:  # an upstream that failed at once leaves no zero-length run in the log
             run.record(counters["new"], counters["tokens"])
         await be.aclose()
     return n_done0 + counters["new"] >= total

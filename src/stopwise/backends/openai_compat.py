@@ -339,6 +339,8 @@ class OpenAICompatBackend(Backend):
         if self._model is not None:
             return self._model
         loop = asyncio.get_running_loop()
+        for gone in [lp for lp in self._model_fetch if lp.is_closed()]:  # a loop closed with the request pending
+            del self._model_fetch[gone]
         task = self._model_fetch.get(loop)
         if task is None:
             task = self._model_fetch[loop] = loop.create_task(self._fetch_model_id())
@@ -632,4 +634,9 @@ class OpenAICompatBackend(Backend):
             return None
 
     async def aclose(self) -> None:
+        # a model-list request whose callers all left must not outlive the clients (or open a new one)
+        task = self._model_fetch.pop(asyncio.get_running_loop(), None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         await self._clients.aclose()
