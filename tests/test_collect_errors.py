@@ -109,6 +109,10 @@ def _cfg(tmp_path, lines=({"question": "What is 2+2?", "answer": 4}, {"question"
     return CollectConfig(**{"dataset": f"jsonl:{p}", "model": DEAD, "questions": 2, "chains": 2, **kw})
 
 
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "stopwise.cli.main", *args], capture_output=True, text=True, timeout=120)
+
+
 def test_an_out_holding_other_data_is_refused_and_kept(tmp_path):
     cfg = _cfg(tmp_path)
     out = tmp_path / "mine"
@@ -174,9 +178,7 @@ def test_a_damaged_state_config_is_named(tmp_path, text, what):
 
 @pytest.mark.parametrize("value", ["0:16", "64:2", "64:4"])
 def test_chains_first_must_add_chains(tmp_path, value):
-    p = subprocess.run([sys.executable, "-m", "stopwise.cli.main", "collect", "--dataset", "gsm8k", "--model", DEAD,
-                        "--chains", "4", "--chains-first", value, "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    p = _cli("collect", "--dataset", "gsm8k", "--model", DEAD, "--chains", "4", "--chains-first", value, "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "needs M >= 1 questions and K > --chains (4)" in p.stderr
     assert "Traceback" not in p.stderr and "collect ━" not in p.stderr  # the error is printed alone
     assert not (tmp_path / "o.collect").exists()
@@ -212,13 +214,8 @@ def test_a_started_collection_refuses_edited_questions(tmp_path):
 
 
 def test_an_empty_forcing_string_is_refused(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "stopwise.cli.main", "collect", "--dataset", "gsm8k", "--model", DEAD,
-                        "--forcing", " ", "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    p = _cli("collect", "--dataset", "gsm8k", "--model", DEAD, "--forcing", " ", "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "--forcing is empty" in p.stderr and not (tmp_path / "o.collect").exists()
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "stopwise.cli.main", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_assemble_partial_refuses_settings_that_differ_from_the_collection(tmp_path):

@@ -362,7 +362,7 @@ def test_a_model_list_request_whose_callers_left_ends_with_aclose():
         for w in waiters:
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
-        task = next(iter(be._model_fetch.values()))
+        task = be._model_fetch
         assert not task.done()  # shielded: the callers left, the request did not
         await be.aclose()
         assert task.cancelled()  # stopped by aclose (not later, by asyncio.run's own cleanup)

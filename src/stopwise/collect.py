@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stopwise.backends.base import LOGPROB_CONVENTION, Sampling
 from stopwise.backends.probes import DEFAULT_FORCING, forced_answer, forced_answer_done, token_cue
@@ -169,6 +169,8 @@ class _RunLog:
         self.build = build
 
     def record(self, chains: int, tokens: int) -> None:
+        if not chains and not tokens:  # a run that did nothing (an upstream that failed at once, a kill while
+            return  # loading) is not a run of the collection: its run count and wall-clock hold real runs only
         line = {"run": round(self.started, 3), "seconds": round(time.monotonic() - self.t0, 1), "chains": chains,
                 "tokens": tokens, "build": self.build}
         with open(self.path, "a", encoding="utf-8") as f:
@@ -306,10 +308,8 @@ def _open_state(out: Path, cfg: CollectConfig, command: str, fingerprint: str | 
             hint="collect into another --out, or restore the questions the collection started with",
         )
     if old is not None and old != new and started:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ConfigError(
-            f"{state} holds a collection with other settings: "
-            + "; ".join(f"{k} {old.get(k, 'unset')!r} there, {new.get(k, 'unset')!r} now" for k in diff),
+            f"{state} holds a collection with other settings: {_settings_diff(old, new, 'now')}",
             hint=f"use the same settings to resume, or another --out (or delete {state})",
         )
     _check_out(out, ident)
@@ -513,8 +513,7 @@ def collect(
         finally:
             if buffer:
                 _write_chunk(state / "chunks", buffer)
-            if tokens or new_chains:  # a run that decoded nothing (killed while loading) is not a run of the collection
-                run.record(new_chains, tokens)
+            run.record(new_chains, tokens)
         if stopping and n_done0 + new_chains < total:
             return None
     return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
@@ -631,8 +630,7 @@ async def _collect_http(
         await asyncio.gather(*jobs, return_exceptions=True)
         if buffer:
             _write_chunk(state / "chunks", buffer)
-        if counters["tokens"] or counters["new"]:  # an upstream that failed at once leaves no zero-length run in the log
-            run.record(counters["new"], counters["tokens"])
+        run.record(counters["new"], counters["tokens"])
         await be.aclose()
     return n_done0 + counters["new"] >= total
 
@@ -686,6 +684,12 @@ def _record(lc: _Live, cfg: CollectConfig, build: str | None = None) -> dict[str
     return rec
 
 
+def _settings_diff(old: dict[str, Any], new: dict[str, Any], new_is: str) -> str:
+    """``key OLD there, NEW <new_is>`` for each setting that differs between two identities (as JSON)."""
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k} {old.get(k, 'unset')!r} there, {new.get(k, 'unset')!r} {new_is}" for k in diff)
+
+
 def check_assemble_settings(out: str | os.PathLike[str], given: dict[str, Any]) -> None:
     """Refuse collection settings given beside an assembly that differ from the collection's own.
 
@@ -697,15 +701,17 @@ def check_assemble_settings(out: str | os.PathLike[str], given: dict[str, Any]) 
     state = _state_dir(Path(out))
     if not given or not (state / "config.json").is_file():
         return  # assemble() names the missing collection
-    have = CollectConfig(**_read_state_config(state)["identity"]).identity()
-    unknown = sorted(set(given) - set(have) - {"direct"})
-    if unknown:
-        raise ConfigError(f"unknown collection setting(s) {', '.join(unknown)}")
-    diff = sorted(k for k, v in given.items() if json.loads(json.dumps(v)) != json.loads(json.dumps(have.get(k, False))))
-    if diff:
+    stored = _read_state_config(state)["identity"]
+    # both through identity(), as JSON: pace settings and direct=False drop out, tuples compare as lists
+    have = json.loads(json.dumps(CollectConfig(**stored).identity()))
+    try:
+        mine = json.loads(json.dumps(CollectConfig(**{**stored, **given}).identity()))
+    except ValidationError as exc:  # an unknown setting or a bad value
+        err = exc.errors()[0]
+        raise ConfigError(f"collection setting {'.'.join(map(str, err['loc']))}: {err['msg']}") from exc
+    if mine != have:
         raise ConfigError(
-            f"{state} was collected with other settings than given: "
-            + "; ".join(f"{k} {have.get(k, False)!r} there, {given[k]!r} given" for k in diff),
+            f"{state} was collected with other settings than given: {_settings_diff(have, mine, 'given')}",
             hint="assembling writes the collection as it was collected: give only --out (and --round-floats), "
             "or that collection's own settings",
         )

@@ -234,7 +234,7 @@ class OpenAICompatBackend(Backend):
         self.base = self.root + "/v1"
         self.name = model or "upstream"
         self._model = model
-        self._model_fetch: dict[Any, asyncio.Task] = {}  # per event loop: one GET /v1/models in flight
+        self._model_fetch: asyncio.Task | None = None  # the GET /v1/models in flight, shared by its callers
         self._template = chat_template
         self.top_logprobs = top_logprobs
         self.retries = retries
@@ -338,36 +338,39 @@ class OpenAICompatBackend(Backend):
         chains that start together share one ``GET /v1/models``; a failure is asked again next time)."""
         if self._model is not None:
             return self._model
-        loop = asyncio.get_running_loop()
-        for gone in [lp for lp in self._model_fetch if lp.is_closed()]:  # a loop closed with the request pending
-            del self._model_fetch[gone]
-        task = self._model_fetch.get(loop)
-        if task is None:
-            task = self._model_fetch[loop] = loop.create_task(self._fetch_model_id())
-            task.add_done_callback(lambda t: self._model_fetch.pop(loop, None) if self._model_fetch.get(loop) is t else None)
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved even if every caller left
+        task = self._model_fetch
+        # another event loop's request (that loop is closed, or it is not ours to await) is not shared
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = self._model_fetch = asyncio.ensure_future(self._fetch_model_id())
+            task.add_done_callback(self._model_fetched)
         return await asyncio.shield(task)  # a caller cancelled does not cancel the others' request
 
+    def _model_fetched(self, task: asyncio.Task) -> None:
+        if self._model_fetch is task:  # a failure is asked again by the next call
+            self._model_fetch = None
+        if not task.cancelled():
+            task.exception()  # retrieved, even if every caller left
+
     async def _fetch_model_id(self) -> str:
-        if self._model is None:
+        """One ``GET /v1/models`` (``model_id`` shares it): the first model served becomes ``model``."""
+        try:
+            async with self._clients.use() as client:
+                resp = await client.get(self.base + "/models", timeout=self.meta_timeout)
+            if resp.status_code >= 400:
+                raise await self._status_error(resp, "GET /v1/models")
             try:
-                async with self._clients.use() as client:
-                    resp = await client.get(self.base + "/models", timeout=self.meta_timeout)
-                if resp.status_code >= 400:
-                    raise await self._status_error(resp, "GET /v1/models")
-                try:
-                    data = resp.json().get("data") or []
-                    if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("id"), str) for d in data):
-                        raise ValueError("'data' is not a list of objects with an 'id'")
-                except (ValueError, AttributeError) as exc:
-                    raise BackendError(f"GET /v1/models: malformed response from {self.root} (not the OpenAI model list): {resp.text[:120]!r}",
-                                       retryable=False, hint="check the URL: it should be the server's root or end in /v1") from exc
-            except Exception as exc:  # noqa: BLE001
-                raise self._map(exc, "GET /v1/models") from exc
-            if not data:
-                raise BackendError(f"{self.base}/models lists no model", hint="pass model=... (the name the server serves)")
-            self._model = data[0]["id"]
-            self.name = self._model
+                data = resp.json().get("data") or []
+                if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("id"), str) for d in data):
+                    raise ValueError("'data' is not a list of objects with an 'id'")
+            except (ValueError, AttributeError) as exc:
+                raise BackendError(f"GET /v1/models: malformed response from {self.root} (not the OpenAI model list): {resp.text[:120]!r}",
+                                   retryable=False, hint="check the URL: it should be the server's root or end in /v1") from exc
+        except Exception as exc:  # noqa: BLE001
+            raise self._map(exc, "GET /v1/models") from exc
+        if not data:
+            raise BackendError(f"{self.base}/models lists no model", hint="pass model=... (the name the server serves)")
+        self._model = data[0]["id"]
+        self.name = self._model
         return self._model
 
     def model_info(self) -> dict[str, Any]:
@@ -635,8 +638,8 @@ class OpenAICompatBackend(Backend):
 
     async def aclose(self) -> None:
         # a model-list request whose callers all left must not outlive the clients (or open a new one)
-        task = self._model_fetch.pop(asyncio.get_running_loop(), None)
-        if task is not None:
+        task = self._model_fetch
+        if task is not None and task.get_loop() is asyncio.get_running_loop():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         await self._clients.aclose()

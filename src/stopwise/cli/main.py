@@ -109,10 +109,8 @@ def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round
         if "seed_from" in given_on:
             raise ConfigError("--seed-from seeds a collection; --assemble-partial only writes one",
                               hint="drop --seed-from, or drop --assemble-partial to collect")
-        values = {**kw, "chains_first": cf, "forcing": forcing, "cue_probes": not no_cue_probes}
-        names = {"no_cue_probes": "cue_probes"}
-        given = {names.get(n, n): values[names.get(n, n)] for n in given_on
-                 if names.get(n, n) in values and n not in ("batch_chains", "n_threads", "flush_every")}
+        fields = {**kw, "chains_first": cf, "forcing": forcing, "cue_probes": not no_cue_probes}
+        given = {f: fields[f] for f in ({"no_cue_probes": "cue_probes"}.get(n, n) for n in given_on) if f in fields}
         check_assemble_settings(out, given)
         path = assemble(out, complete_only=True, assembled_by=_command_line(), round_floats=round_floats)
         console.print(f"wrote {path} (completed questions only)")
