@@ -18,8 +18,11 @@ from stopwise.errors import BackendError
 
 
 def _http(status, body, ctype="application/json", extra=b""):
+    """A whole response; it says ``connection: close``, since every fake here closes the connection after
+    it (else the client may race the close and send its next request down the dead kept-alive one)."""
     body = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (status, ctype.encode(), len(body), extra, body)
+    return (b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n%s\r\n%s"
+            % (status, ctype.encode(), len(body), extra, body))
 
 
 def _sse(*events):
