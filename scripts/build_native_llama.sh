@@ -14,8 +14,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 mkdir -p build/native
-CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
--DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" \
+# each AVX-512 extension only where this CPU has it (AMD EPYC Zen 4 has AVX512_VNNI but not the
+# VEX-coded AVX_VNNI: a build with it dies with SIGILL there)
+FLAGS="$(grep -m1 '^flags' /proc/cpuinfo)"
+ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+has() { [[ " $FLAGS " == *" $1 "* ]]; }
+has avx512f && ARGS+=" -DGGML_AVX512=ON"
+has avx512vbmi && ARGS+=" -DGGML_AVX512_VBMI=ON"
+has avx512_vnni && ARGS+=" -DGGML_AVX512_VNNI=ON"
+has avx512_bf16 && ARGS+=" -DGGML_AVX512_BF16=ON"
+has avx_vnni && ARGS+=" -DGGML_AVX_VNNI=ON"
+echo "CMAKE_ARGS=$ARGS"
+rm -rf build/native/wheel build/native/site
+CMAKE_ARGS="$ARGS" \
   pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -w build/native/wheel
 pip install --no-deps --upgrade --target build/native/site build/native/wheel/llama_cpp_python-"$VERSION"-*.whl
 PYTHONPATH=build/native/site python -c "from stopwise.backends.llamacpp import build_info; print(build_info())"

@@ -211,3 +211,46 @@ def test_assembled_set_can_be_stored_rounded_and_reassembled_lossless(tmp_path, 
     assert p.wait(timeout=300) == 0
     again = read_trace_set(tmp_path / "r")
     assert again.content_hash == lossless.content_hash and again.provenance.float_precision is None
+
+
+def test_compacting_the_state_keeps_every_chain_and_leaves_earlier_compactions_alone(tmp_path, smollm2_path):
+    """`collect --compact` merges the small chunks into one lossless file; a resumed and finished
+    collection over compacted state gives the same set as one that never compacted."""
+    cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=3, chains=2, max_tokens=24, probe_every=8,
+                        seed=3, batch_chains=2, flush_every=1)
+    out = tmp_path / "c"
+    state = out.with_name(out.name + ".collect")
+    chunks = state / "chunks"
+    assert collect(cfg, out, stop_after_chains=3) is None
+    before = read_chunks(state)
+    n_small = len(list(chunks.glob("chunk-*.parquet")))
+    assert n_small >= 2 and len(before) >= 3
+    p = cli("collect", "--out", str(out), "--compact", "--max-tokens", "24")  # its own settings may be given
+    o, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert f"merged {n_small} chunk files ({len(before)} chains)" in o
+    first = list(chunks.glob("chunk-*.parquet"))
+    assert len(first) == 1
+    key = lambda r: (r["question_id"], r["sample_id"])  # noqa: E731
+    assert sorted(read_chunks(state), key=key) == sorted(before, key=key)  # lossless, floats included
+    snapshot = first[0].read_bytes()
+    # nothing new: nothing to do
+    p = cli("collect", "--out", str(out), "--compact")
+    assert "nothing to compact" in p.communicate(timeout=120)[0]
+    # other settings than the collection's are refused, as for --assemble-partial
+    p = cli("collect", "--out", str(out), "--compact", "--max-tokens", "25")
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode != 0 and "max_tokens 24 there, 25 given" in err
+    # resume, compact again: one more file, the first untouched
+    assert collect(cfg, out, stop_after_chains=2) is None
+    p = cli("collect", "--out", str(out), "--compact")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    files = sorted(chunks.glob("chunk-*.parquet"))
+    assert len(files) == 2 and files[0].read_bytes() == snapshot
+    # finish: the same chains as a collection that never compacted
+    done = collect(cfg, out)
+    clean = collect(cfg.model_copy(update={"flush_every": 32}), tmp_path / "clean")
+    a = {key(x): x["text"] for x in read_trace_set(done).chains.to_pylist()}
+    b = {key(x): x["text"] for x in read_trace_set(clean).chains.to_pylist()}
+    assert a == b and len(a) == 6

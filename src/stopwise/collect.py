@@ -139,15 +139,23 @@ def _state_dir(out: Path) -> Path:
     return out.with_name(out.name + ".collect")
 
 
-def _write_chunk(chunks: Path, records: list[dict[str, Any]]) -> None:
+_COMPACTED = b"stopwise.compacted"  # Parquet key-value metadata of a chunk written by compact_chunks
+
+
+def _write_chunk(chunks: Path, records: list[dict[str, Any]], *, compacted: bool = False) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from stopwise.traces.io import _parquet_options
 
     existing = sorted(chunks.glob("chunk-*.parquet"))
     idx = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
     final = chunks / f"chunk-{idx:06d}.parquet"
     tmp = chunks / f".chunk-{idx:06d}.{os.getpid()}.tmp"
-    pq.write_table(pa.Table.from_pylist(records), tmp, compression="zstd")
+    table = pa.Table.from_pylist(records)
+    if compacted:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _COMPACTED: b"1"})
+    pq.write_table(table, tmp, **_parquet_options(table))
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
@@ -156,6 +164,7 @@ def _write_chunk(chunks: Path, records: list[dict[str, Any]]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return final
 
 
 class _RunLog:
@@ -246,6 +255,45 @@ def read_chunks(state: Path) -> list[dict[str, Any]]:
         for r in rows:
             seen.setdefault((r["question_id"], int(r["sample_id"])), r)
     return list(seen.values())
+
+
+def compact_chunks(out: str | os.PathLike[str]) -> tuple[int, int, Path | None]:
+    """Merge a collection's small chunks into one chunk file.
+
+    A running collection flushes a chunk every 32 chains or 60 seconds, so a long
+    collection leaves hundreds of small files. This writes every chain of the chunks
+    not compacted before into one new chunk (the trace writer's storage settings,
+    lossless), then deletes them; chunks compacted earlier are left as they are, so
+    a state kept in version control grows by one file per compaction. Safe to kill:
+    the merged file is complete before anything is deleted, and a chain found in two
+    chunks is read once (:func:`read_chunks`). Do not run it while the collection runs.
+
+    Returns ``(files merged, chains in the new chunk, new chunk path or None)``.
+    """
+    import pyarrow.parquet as pq
+
+    state = _state_dir(Path(out))
+    if not (state / "config.json").is_file():
+        raise ConfigError(f"no collection at {out} (no {state}/config.json)",
+                          hint="pass the --out of a collection started with stopwise collect")
+    small = []
+    for p in sorted((state / "chunks").glob("chunk-*.parquet")):
+        try:
+            meta = pq.read_schema(p).metadata or {}
+        except Exception as exc:  # noqa: BLE001 - as in read_chunks
+            raise TraceSetError(f"collection chunk {p} is unreadable: {exc}", hint="delete it and run again") from exc
+        if _COMPACTED not in meta:
+            small.append(p)
+    if not small:
+        return 0, 0, None
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for p in small:
+        for r in pq.read_table(p).to_pylist():
+            seen.setdefault((r["question_id"], int(r["sample_id"])), r)
+    path = _write_chunk(state / "chunks", list(seen.values()), compacted=True)
+    for p in small:
+        p.unlink()
+    return len(small), len(seen), path
 
 
 def _read_state_config(state: Path) -> dict[str, Any]:

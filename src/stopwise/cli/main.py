@@ -91,27 +91,40 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--flush-every", default=32, show_default=True, type=click.IntRange(1), help="Write a durable chunk after this many finished chains (and at least every 60 s).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Trace-set directory (working state in OUT.collect).")
 @click.option("--assemble-partial", is_flag=True, help="Do not collect: write the questions completed so far as a trace set.")
+@click.option("--compact", is_flag=True, help="Do not collect: merge the working state's small chunk files (one every 32 chains or 60 s) "
+              "into one, losslessly; for keeping a long collection's state in version control between machines. Not while it runs.")
 @click.option("--seed-from", default=None, type=click.Path(exists=True, path_type=Path), help="A set assembled from an earlier collection with the same settings: its chains count as done.")
 @click.option("--round-floats", default=None, type=click.IntRange(1, 22), metavar="BITS",
               help="Store the written set's float32 columns (logprobs, entropies, confidences) rounded to BITS mantissa bits (7: bfloat16's precision, "
               "10: float16's), as float32, recorded in the manifest; smaller files. Default: lossless. The working state keeps full precision.")
-def collect_cmd(out: Path, assemble_partial: bool, seed_from: Path | None, round_floats: int | None, chains_first: str | None,
+def collect_cmd(out: Path, assemble_partial: bool, compact: bool, seed_from: Path | None, round_floats: int | None, chains_first: str | None,
                 forcing: str | None, no_cue_probes: bool, **kw: Any) -> None:
     """Collect a trace set (chains, logprobs, probes) from a model; resumable."""
-    from stopwise.collect import CollectConfig, assemble, check_assemble_settings
+    from stopwise.collect import CollectConfig, assemble, check_assemble_settings, compact_chunks
     from stopwise.errors import ConfigError
 
     cf = _chains_first(chains_first, kw["chains"]) if chains_first is not None else None
-    if assemble_partial:
+    if assemble_partial or compact:
         # settings given beside it must agree with the collection's (a collect command with the flag added)
+        flag = "--assemble-partial" if assemble_partial else "--compact"
         ctx = click.get_current_context()
         given_on = {n for n in ctx.params if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)}
+        if assemble_partial and compact:
+            raise ConfigError("--compact and --assemble-partial are two separate steps", hint="run them one after the other")
         if "seed_from" in given_on:
-            raise ConfigError("--seed-from seeds a collection; --assemble-partial only writes one",
-                              hint="drop --seed-from, or drop --assemble-partial to collect")
+            raise ConfigError(f"--seed-from seeds a collection; {flag} does not collect",
+                              hint=f"drop --seed-from, or drop {flag} to collect")
+        if compact and "round_floats" in given_on:
+            raise ConfigError("--round-floats rounds a written set; --compact keeps the working state at full precision",
+                              hint="drop --round-floats")
         fields = {**kw, "chains_first": cf, "forcing": forcing, "cue_probes": not no_cue_probes}
         given = {f: fields[f] for f in ({"no_cue_probes": "cue_probes"}.get(n, n) for n in given_on) if f in fields}
         check_assemble_settings(out, given)
+        if compact:
+            files, chains, path = compact_chunks(out)
+            console.print(f"merged {files} chunk files ({chains} chains) into {path}" if files else
+                          f"nothing to compact in {out}.collect (no chunk written since the last compaction)")
+            return
         path = assemble(out, complete_only=True, assembled_by=_command_line(), round_floats=round_floats)
         console.print(f"wrote {path} (completed questions only)")
         return
