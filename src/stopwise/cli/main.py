@@ -21,7 +21,8 @@ from stopwise import __version__
 from stopwise.errors import StopwiseError
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+# soft wrap: an error or a hint naming a long path stays on one line (copyable, greppable in logs)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _command_line() -> str:
