@@ -242,12 +242,12 @@ def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConf
     return len(rows)
 
 
-def read_chunks(state: Path) -> list[dict[str, Any]]:
-    """Every chain record written so far (deduplicated by question and sample)."""
+def read_chunks(state: Path, files: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Every chain record written so far (deduplicated by question and sample), or those of ``files``."""
     import pyarrow.parquet as pq
 
     seen: dict[tuple[str, int], dict[str, Any]] = {}
-    for p in sorted((state / "chunks").glob("chunk-*.parquet")):
+    for p in sorted((state / "chunks").glob("chunk-*.parquet")) if files is None else files:
         try:
             rows = pq.read_table(p).to_pylist()
         except Exception as exc:  # noqa: BLE001 - a torn file cannot exist (rename), but say so if it does
@@ -286,14 +286,11 @@ def compact_chunks(out: str | os.PathLike[str]) -> tuple[int, int, Path | None]:
             small.append(p)
     if not small:
         return 0, 0, None
-    seen: dict[tuple[str, int], dict[str, Any]] = {}
-    for p in small:
-        for r in pq.read_table(p).to_pylist():
-            seen.setdefault((r["question_id"], int(r["sample_id"])), r)
-    path = _write_chunk(state / "chunks", list(seen.values()), compacted=True)
+    rows = read_chunks(state, small)
+    path = _write_chunk(state / "chunks", rows, compacted=True)
     for p in small:
         p.unlink()
-    return len(small), len(seen), path
+    return len(small), len(rows), path
 
 
 def _read_state_config(state: Path) -> dict[str, Any]:
