@@ -47,6 +47,31 @@ def test_sample_token_greedy_and_distribution():
     assert max(sample_token(cand, logits, s3, rng) for _ in range(500)) < keep
 
 
+def test_no_top_k_samples_the_whole_vocabulary_given_the_row():
+    """top_k 0 means no cut: with the whole logits row, tokens beyond the 40 candidates are drawn in
+    their softmax proportion, and top-p is taken of the full softmax."""
+    rng = np.random.default_rng(3)
+    row = np.zeros(1000, dtype=np.float32)  # a flat row: every token equally likely
+    row[:5] = 3.0  # five likelier ones: 5e^3 / (5e^3 + 995), about 0.09 together
+    cand_ids, cand_logits = logit_stats(row)[5:]
+    s = Sampling(temperature=1.0, top_p=1.0, top_k=0)
+    draws = np.array([sample_token(cand_ids, cand_logits, s, rng, logits=row) for _ in range(20000)])
+    p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+    assert abs(float(np.isin(draws, np.arange(5)).mean()) - float(p[:5].sum())) < 0.02
+    assert len(set(draws.tolist())) > 900  # the flat tail is reached, not only the 40 candidates
+    # without the row, the candidates bound it (as before)
+    assert {sample_token(cand_ids, cand_logits, s, rng) for _ in range(2000)} <= set(cand_ids.tolist())
+    # top-p 0.75 of the full softmax: the five, then about 720 of the flat tail
+    s2 = Sampling(temperature=1.0, top_p=0.75, top_k=0)
+    kept = {sample_token(cand_ids, cand_logits, s2, rng, logits=row) for _ in range(20000)}
+    want = int(np.searchsorted(np.cumsum(np.sort(p)[::-1]), 0.75) + 1)
+    assert set(range(5)) <= kept and want - 60 < len(kept) <= want
+    # top-k 100 over the row: a hundred tokens at most, the five among them
+    s3 = Sampling(temperature=1.0, top_p=1.0, top_k=100)
+    kept = {sample_token(cand_ids, cand_logits, s3, rng, logits=row) for _ in range(5000)}
+    assert set(range(5)) <= kept and 60 < len(kept) <= 100
+
+
 def test_sampling_uses_one_draw_per_token():
     cand = np.arange(40)
     logits = np.linspace(0, -8, 40).astype(np.float32)

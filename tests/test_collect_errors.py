@@ -213,6 +213,52 @@ def test_a_started_collection_refuses_edited_questions(tmp_path):
     assert again["questions_sha256"] != "" and again["command"] == meta["command"]
 
 
+def test_a_collection_with_no_chunk_yet_takes_the_questions_it_is_run_on(tmp_path):
+    """Killed before its first chunk, then run on an edited file: the new questions' fingerprint is
+    recorded (not the first run's), so the original file is the one refused once chains exist."""
+    out, state = tmp_path / "c", tmp_path / "c.collect"
+    with pytest.raises(BackendError):
+        collect(_cfg(tmp_path), out)
+    first = json.loads((state / "config.json").read_text())["questions_sha256"]
+    edited = [{"question": "What is 2+2?", "answer": 5}, {"question": "3+3?", "answer": 6}]
+    with pytest.raises(BackendError):
+        collect(_cfg(tmp_path, edited), out)
+    second = json.loads((state / "config.json").read_text())["questions_sha256"]
+    assert len(second) == 64 and second != first
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = pa.table({"question_id": pa.array([], pa.string()), "sample_id": pa.array([], pa.int32())})
+    pq.write_table(empty, state / "chunks" / "chunk-000000.parquet")
+    with pytest.raises(BackendError):  # the edited questions resume
+        collect(_cfg(tmp_path, edited), out)
+    with pytest.raises(ConfigError, match="was started on other questions"):
+        collect(_cfg(tmp_path), out)
+
+
+def test_a_state_in_use_is_refused_by_collect_and_compact(tmp_path):
+    """Two processes writing chunks into one state could pick the same chunk name; the second is
+    refused while the first holds the state's lock, and runs once it is released."""
+    import fcntl
+
+    from stopwise.collect import compact_chunks
+
+    out = tmp_path / "c"
+    with pytest.raises(BackendError):
+        collect(_cfg(tmp_path), out)  # a started collection
+    with open(tmp_path / "c.collect" / ".lock", "w") as held:
+        held.write("stopwise pid 4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for call in (lambda: collect(_cfg(tmp_path), out), lambda: compact_chunks(out)):
+            with pytest.raises(ConfigError, match="c.collect is in use: stopwise pid 4242") as e:
+                call()
+            assert "kill PID" in e.value.hint
+    with pytest.raises(BackendError):  # released: it runs (and fails on the dead upstream)
+        collect(_cfg(tmp_path), out)
+    assert compact_chunks(out) == (0, 0, None)
+
+
 def test_an_empty_forcing_string_is_refused(tmp_path):
     p = _cli("collect", "--dataset", "gsm8k", "--model", DEAD, "--forcing", " ", "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "--forcing is empty" in p.stderr and not (tmp_path / "o.collect").exists()

@@ -132,6 +132,43 @@ def test_embedded_backend_streams_and_cancels(smollm2_path):
     asyncio.run(main())
 
 
+def test_an_engine_failure_reaches_every_waiter_and_the_backend_goes_on(smollm2_path):
+    """An unexpected exception inside the engine's step (not a decode failure) must not kill the worker
+    thread and leave streams and probes waiting forever: each gets a BackendError, and the next request
+    runs."""
+    from stopwise.backends.llamacpp import EmbeddedBackend
+    from stopwise.errors import BackendError
+
+    async def main():
+        be = EmbeddedBackend(smollm2_path, n_ctx_seq=512, n_seq_max=8)
+        try:
+            prompt = be.render_chat([{"role": "user", "content": "Count from 1 to 50."}])
+            real_step, calls = be.engine.step, []
+
+            def broken_step():  # fails once, at the first step after a probe is asked for
+                if be._probe_futs and not calls:
+                    calls.append(1)
+                    raise RuntimeError("planted")
+                return real_step()
+
+            be.engine.step = broken_step
+            chain = await be.open_chain(prompt, Sampling(temperature=0.0, max_tokens=300, seed=1), None, " The answer is", 3)
+            for _ in range(3):
+                assert await asyncio.wait_for(chain.next(), 60) is not None
+            probe = asyncio.ensure_future(chain.probe((2, "t")))
+            with pytest.raises(BackendError, match="planted"):
+                await asyncio.wait_for(probe, 60)
+            with pytest.raises(BackendError, match="planted"):
+                for _ in range(300):  # the tokens decoded before the failure come first
+                    assert await asyncio.wait_for(chain.next(), 60) is not None
+            res = await asyncio.wait_for(be.sample(prompt, Sampling(temperature=0.0, max_tokens=4, seed=1), 1), 60)
+            assert len(res[0].steps) == 4
+        finally:
+            await be.aclose()
+
+    asyncio.run(main())
+
+
 def test_requests_beyond_the_free_slots_wait_in_line(smollm2_path):
     """More concurrent streams than sequence slots: the extra ones wait for slots and then run; with
     no time to wait, the extra one fails, retryable. (Token identity with running alone is not
@@ -158,6 +195,43 @@ def test_requests_beyond_the_free_slots_wait_in_line(smollm2_path):
             await be.aclose()
 
     asyncio.run(main())
+
+
+def test_a_probe_longer_than_a_batch_is_prefilled_in_parts(smollm2_path):
+    """A probe on a released chain prefills its whole prefix; where that is longer than n_batch it
+    is prefilled over several steps (it used to wait for room forever), and it reads what the probe
+    taken on time read."""
+    from stopwise.backends.llamacpp import BatchEngine
+
+    eng = BatchEngine(smollm2_path, n_ctx_seq=256, n_seq_max=4, n_threads=2, n_batch=48)
+    try:
+        ids = eng.tokenize_prompt(PROMPT)
+        forcing = eng.tokenize(" The answer is")
+        assert len(ids) < 48 < len(ids) + 30 + len(forcing)
+        cid = eng.submit(ids, [Sampling(temperature=0.8, max_tokens=30, seed=99)])[0]
+        got, n = {}, 0
+        while eng.n_active or eng.has_probes(cid):
+            for ev in eng.step():
+                if ev.kind == "token":
+                    n += 1
+                    if n == 29:
+                        eng.request_probe(cid, forcing, 3, cue="t")  # on time: the decoded cells copied
+                elif ev.kind == "probe":
+                    got["on time"] = ev.probe
+        assert n == 30
+        eng.request_probe(cid, forcing, 3, cue="t", position=29)  # released: all prefilled
+        for _ in range(20):
+            for ev in eng.step():
+                if ev.kind == "probe":
+                    got["late"] = ev.probe
+            if not eng.has_probes(cid):
+                break
+        assert "late" in got, "the long probe never ran"
+        assert got["late"].prefill_tokens == len(ids) + 29 + len(forcing) > 48
+        assert got["on time"].prefill_tokens == 1 + len(forcing)  # its last token was not decoded yet
+        assert got["late"].text == got["on time"].text and got["late"].position == 29
+    finally:
+        eng.close()
 
 
 def test_probe_at_a_past_position_equals_the_probe_taken_then(engine):

@@ -98,7 +98,8 @@ def test_prefix_continuation_probe(upstream):
             # the continuation equals a plain greedy completion of the same text
             full = prompt + "".join(s.text for s in steps) + "\nFinal answer: \\boxed{"
             again = [s async for s in be.stream(full, Sampling(temperature=0.0, top_k=0, top_p=1.0, max_tokens=6))]
-            assert "".join(s.text for s in again)[:2] == text[:2]
+            k = min(2, len(text))  # the probe's text ends at its answer's closing brace (or before a newline)
+            assert k >= 1 and "".join(s.text for s in again)[:k] == text[:k]
         finally:
             await be.aclose()
 

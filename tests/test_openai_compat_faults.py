@@ -185,6 +185,30 @@ def test_generation_is_not_retried_but_probes_are():
         close()
 
 
+def test_a_probe_is_read_and_paid_for_up_to_its_answers_end():
+    """A server that writes on after the closing brace: the probe's text, logprob and decoded tokens
+    stop at the answer's end (as the embedded engine decodes a probe), and it is asked to stop at a
+    newline."""
+    bodies = []
+    answer = {"choices": [{"text": "18}$. So", "logprobs": {
+        "tokens": ["1", "8", "}", "$.", " So"], "token_logprobs": [-0.5, -0.25, -0.125, -2.0, -3.0],
+        "top_logprobs": [{"1": -0.5}, {"8": -0.25}, {"}": -0.125}, {"$.": -2.0}, {" So": -3.0}]}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 5}}
+
+    def handler(conn, stop):
+        bodies.append(json.loads(read_request(conn)[1]))
+        conn.sendall(_http(200, answer))
+        conn.close()
+
+    url, close = fake_upstream(handler)
+    try:
+        text, lp, prefill, dec = _run(url, lambda be: be.continue_prefix("q", [], "A: \\boxed{", 8))
+    finally:
+        close()
+    assert (text, lp, prefill, dec) == ("18}", -0.875, 30, 3)
+    assert bodies[0]["stop"] == ["\n"] and bodies[0]["temperature"] == 0.0
+
+
 def test_bad_urls_model_lists_and_templates_are_named():
     with pytest.raises(BackendError, match="is not valid") as e:
         OpenAICompatBackend("http://127.0.0.1:99999/v1")

@@ -18,8 +18,8 @@ chain is the same whichever run, batch or order produced it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-
 import hashlib
 import json
 import math
@@ -27,7 +27,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from stopwise.backends.base import LOGPROB_CONVENTION, Sampling
 from stopwise.backends.probes import DEFAULT_FORCING, forced_answer, forced_answer_done, token_cue
 from stopwise.datasets import Dataset, DatasetItem, load_dataset
 from stopwise.errors import ConfigError, TraceSetError
+
 
 class CollectConfig(BaseModel):
     """Settings of one collection run (they define the run: a resume must match them)."""
@@ -270,12 +271,14 @@ def compact_chunks(out: str | os.PathLike[str]) -> tuple[int, int, Path | None]:
 
     Returns ``(files merged, chains in the new chunk, new chunk path or None)``.
     """
+    state = _require_state(out)
+    with _exclusive(state):
+        return _compact(state)
+
+
+def _compact(state: Path) -> tuple[int, int, Path | None]:
     import pyarrow.parquet as pq
 
-    state = _state_dir(Path(out))
-    if not (state / "config.json").is_file():
-        raise ConfigError(f"no collection at {out} (no {state}/config.json)",
-                          hint="pass the --out of a collection started with stopwise collect")
     small = []
     for p in sorted((state / "chunks").glob("chunk-*.parquet")):
         try:
@@ -291,6 +294,39 @@ def compact_chunks(out: str | os.PathLike[str]) -> tuple[int, int, Path | None]:
     for p in small:
         p.unlink()
     return len(small), len(rows), path
+
+
+@contextlib.contextmanager
+def _exclusive(state: Path) -> Iterator[None]:
+    """Hold ``state/.lock`` while collecting or compacting: two processes writing chunks into one
+    state could pick the same chunk name and replace each other's chains."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: unguarded
+        yield
+        return
+    with open(state / ".lock", "a+", encoding="utf-8") as f:  # closing it releases the lock
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process"
+            raise ConfigError(f"{state} is in use: {holder} is collecting into it or compacting it",
+                              hint="wait for it to end, or stop it (kill PID keeps its finished chains), then run again") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"stopwise pid {os.getpid()}")
+        f.flush()
+        yield
+
+
+def _require_state(out: str | os.PathLike[str]) -> Path:
+    """The state folder of the collection at ``out``; a clear error where none was started."""
+    state = _state_dir(Path(out))
+    if not (state / "config.json").is_file():
+        raise ConfigError(f"no collection at {out} (no {state}/config.json)",
+                          hint="pass the --out of a collection started with stopwise collect")
+    return state
 
 
 def _read_state_config(state: Path) -> dict[str, Any]:
@@ -363,10 +399,10 @@ def _open_state(out: Path, cfg: CollectConfig, command: str, fingerprint: str | 
     except OSError as exc:
         raise ConfigError(f"cannot create the collection state {state}: {exc.strerror or exc}",
                           hint="choose another --out in a writable folder") from exc
-    if old == new and (meta.get("questions_sha256") or not fingerprint):
+    if old == new and (not fingerprint or meta.get("questions_sha256") == fingerprint):
         return state
-    # a new collection, nothing collected under the old settings (e.g. an upstream that was down),
-    # or a state from before questions were fingerprinted (it keeps its command)
+    # a new collection, nothing collected under the old settings or questions (e.g. an upstream
+    # that was down), or a state from before questions were fingerprinted (it keeps its command)
     record = {"identity": ident, "command": meta["command"] if old == new and meta.get("command") else command}
     if fingerprint:
         record["questions_sha256"] = fingerprint
@@ -440,128 +476,131 @@ def collect(
                           hint="collect direct answers with --model embedded or a GGUF path")
     resolved = _HttpModel(cfg.model) if is_http(cfg.model) else resolve_model(cfg.model)  # a wrong --model fails here too
     state = _open_state(out, cfg, command, questions_fingerprint(items))
-    if seed_from is not None:
-        seed_chunks(state, seed_from, cfg)
-    done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
-    # first every question's base chains, then the extra chains of the first M questions,
-    # so a partial collection is a usable set early (see assemble(complete_only=True))
-    todo: list[tuple[DatasetItem, list[int]]] = []
-    extra: list[tuple[DatasetItem, list[int]]] = []
-    total = 0
-    for i, it in enumerate(items):
-        k = cfg.chains_for(i)
-        total += k
-        missing = [s for s in range(k) if (it.question_id, s) not in done]
-        if [s for s in missing if s < cfg.chains]:
-            todo.append((it, [s for s in missing if s < cfg.chains]))
-        if [s for s in missing if s >= cfg.chains]:
-            extra.append((it, [s for s in missing if s >= cfg.chains]))
-    todo += extra
-    n_done0 = total - sum(len(m) for _, m in todo)
-    if is_http(cfg.model):
-        if todo:
-            import asyncio
+    with _exclusive(state):
+        if seed_from is not None:
+            seed_chunks(state, seed_from, cfg)
+        done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
+        # first every question's base chains, then the extra chains of the first M questions,
+        # so a partial collection is a usable set early (see assemble(complete_only=True))
+        todo: list[tuple[DatasetItem, list[int]]] = []
+        extra: list[tuple[DatasetItem, list[int]]] = []
+        total = 0
+        for i, it in enumerate(items):
+            k = cfg.chains_for(i)
+            total += k
+            missing = [s for s in range(k) if (it.question_id, s) not in done]
+            if [s for s in missing if s < cfg.chains]:
+                todo.append((it, [s for s in missing if s < cfg.chains]))
+            if [s for s in missing if s >= cfg.chains]:
+                extra.append((it, [s for s in missing if s >= cfg.chains]))
+        todo += extra
+        n_done0 = total - sum(len(m) for _, m in todo)
+        if is_http(cfg.model):
+            if todo:
+                import asyncio
 
-            finished = asyncio.run(_collect_http(cfg, state, ds, todo, total - sum(len(m) for _, m in todo), total, len(items), progress, stop_after_chains))
-            if not finished:
+                finished = asyncio.run(_collect_http(cfg, state, ds, todo, total - sum(len(m) for _, m in todo), total, len(items), progress, stop_after_chains))
+                if not finished:
+                    return None
+            return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
+        if todo:
+            max_k = max(len(m) for _, m in todo)
+            width = max(cfg.batch_chains, max_k)
+            forcing_len = len(cfg.forcing) + 4
+            if engine is None:
+                longest = max(len(it.question) for it, _ in todo) // 2 + 256  # a generous bound on prompt tokens
+                n_ctx_seq = longest + cfg.max_tokens + forcing_len + cfg.probe_max_tokens + 8
+                engine = BatchEngine(
+                    str(resolved.path), n_ctx_seq=n_ctx_seq, n_seq_max=min(256, 2 * width + 4), n_threads=cfg.n_threads
+                )
+            template = engine.metadata.get("tokenizer.chat_template")
+            forcing_ids = engine.tokenize(cfg.forcing)
+
+            def prompt_ids(it: DatasetItem) -> list[int]:
+                msgs = [{"role": "system", "content": ds.system_prompt}, {"role": "user", "content": it.question}]
+                text = render_chat_template(template, msgs) if template else f"{ds.system_prompt}\n\n{it.question}\n\n"
+                return engine.tokenize_prompt(text) + (list(forcing_ids) if cfg.direct else [])
+
+            sampling0 = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens)
+            live: dict[int, _Live] = {}
+            buffer: list[dict[str, Any]] = []
+            last_flush = time.monotonic()
+            t0 = time.monotonic()
+            tokens = 0
+            new_chains = 0
+            run = _RunLog(state, engine.build)
+            q_left: dict[str, int] = {}
+            for it, m in todo:
+                q_left[it.question_id] = q_left.get(it.question_id, 0) + len(m)
+            questions_done = len(items) - len(q_left)
+            queue = list(todo)
+            stopping = False
+            try:
+                while queue or live:
+                    # (probes take spare sequence ids too: a question is admitted when its chains have theirs)
+                    while (queue and not stopping and (not live or len(live) + len(queue[0][1]) <= cfg.batch_chains)
+                           and engine.free_seqs >= len(queue[0][1])):
+                        it, sids = queue.pop(0)
+                        samplings = []
+                        for s in sids:
+                            seed = chain_seed(cfg.seed, it.question_id, s)
+                            samplings.append(dataclasses.replace(sampling0, seed=seed))
+                        cids = engine.submit(prompt_ids(it), samplings)
+                        for cid, s, smp in zip(cids, sids, samplings):
+                            live[cid] = _Live(it, s, int(smp.seed), [], [], [], [], [], [], [], [], set())
+                    for ev in engine.step():
+                        lc = live.get(ev.chain)
+                        if lc is None:
+                            continue
+                        if ev.kind == "token":
+                            tokens += 1
+                            for pos, cue in lc.add(ev.step, cfg):
+                                engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=forced_answer_done, position=pos)
+                        elif ev.kind == "probe":
+                            pr = ev.probe
+                            lc.probes.append((pr.position, forced_answer(pr.text), pr.logprob, pr.cost, pr.cue))
+                        elif ev.kind == "finished":
+                            lc.finish = ev.finish_reason
+                    # chains are done when finished and no probe of theirs is in flight
+                    for cid in [c for c, lc in live.items() if lc.finish and not engine.has_probes(c)]:
+                        lc = live.pop(cid)
+                        buffer.append(_record(lc, cfg, build=engine.build))
+                        new_chains += 1
+                        q_left[lc.item.question_id] -= 1
+                        if q_left[lc.item.question_id] == 0:
+                            questions_done += 1
+                        if stop_after_chains is not None and new_chains >= stop_after_chains:
+                            stopping = True
+                            queue.clear()
+                            for c in list(live):
+                                engine.cancel(c)
+                            live.clear()
+                            break
+                    now = time.monotonic()
+                    if buffer and (now - last_flush > 60 or len(buffer) >= cfg.flush_every or not (queue or live)):
+                        _write_chunk(state / "chunks", buffer)
+                        buffer = []
+                        last_flush = now
+                        run.record(new_chains, tokens)
+                    if progress is not None:
+                        progress(
+                            {
+                                "chains_done": n_done0 + new_chains,
+                                "chains_total": total,
+                                "questions_done": questions_done,
+                                "questions_total": len(items),
+                                "tokens": tokens,
+                                "tokens_per_s": tokens / max(now - t0, 1e-9),
+                                "active": len(live),
+                            }
+                        )
+            finally:
+                if buffer:
+                    _write_chunk(state / "chunks", buffer)
+                run.record(new_chains, tokens)
+            if stopping and n_done0 + new_chains < total:
                 return None
         return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
-    if todo:
-        max_k = max(len(m) for _, m in todo)
-        width = max(cfg.batch_chains, max_k)
-        forcing_len = len(cfg.forcing) + 4
-        if engine is None:
-            longest = max(len(it.question) for it, _ in todo) // 2 + 256  # a generous bound on prompt tokens
-            n_ctx_seq = longest + cfg.max_tokens + forcing_len + cfg.probe_max_tokens + 8
-            engine = BatchEngine(
-                str(resolved.path), n_ctx_seq=n_ctx_seq, n_seq_max=min(256, 2 * width + 4), n_threads=cfg.n_threads
-            )
-        template = engine.metadata.get("tokenizer.chat_template")
-        forcing_ids = engine.tokenize(cfg.forcing)
-
-        def prompt_ids(it: DatasetItem) -> list[int]:
-            msgs = [{"role": "system", "content": ds.system_prompt}, {"role": "user", "content": it.question}]
-            text = render_chat_template(template, msgs) if template else f"{ds.system_prompt}\n\n{it.question}\n\n"
-            return engine.tokenize_prompt(text) + (list(forcing_ids) if cfg.direct else [])
-
-        sampling0 = Sampling(cfg.temperature, cfg.top_p, cfg.sampler_top_k, cfg.max_tokens)
-        live: dict[int, _Live] = {}
-        buffer: list[dict[str, Any]] = []
-        last_flush = time.monotonic()
-        t0 = time.monotonic()
-        tokens = 0
-        new_chains = 0
-        run = _RunLog(state, engine.build)
-        q_left: dict[str, int] = {}
-        for it, m in todo:
-            q_left[it.question_id] = q_left.get(it.question_id, 0) + len(m)
-        questions_done = len(items) - len(q_left)
-        queue = list(todo)
-        stopping = False
-        try:
-            while queue or live:
-                while queue and not stopping and (not live or len(live) + len(queue[0][1]) <= cfg.batch_chains):
-                    it, sids = queue.pop(0)
-                    samplings = []
-                    for s in sids:
-                        seed = chain_seed(cfg.seed, it.question_id, s)
-                        samplings.append(dataclasses.replace(sampling0, seed=seed))
-                    cids = engine.submit(prompt_ids(it), samplings)
-                    for cid, s, smp in zip(cids, sids, samplings):
-                        live[cid] = _Live(it, s, int(smp.seed), [], [], [], [], [], [], [], [], set())
-                for ev in engine.step():
-                    lc = live.get(ev.chain)
-                    if lc is None:
-                        continue
-                    if ev.kind == "token":
-                        tokens += 1
-                        for pos, cue in lc.add(ev.step, cfg):
-                            engine.request_probe(ev.chain, forcing_ids, cfg.probe_max_tokens, cue=cue, stop=forced_answer_done, position=pos)
-                    elif ev.kind == "probe":
-                        pr = ev.probe
-                        lc.probes.append((pr.position, forced_answer(pr.text), pr.logprob, pr.cost, pr.cue))
-                    elif ev.kind == "finished":
-                        lc.finish = ev.finish_reason
-                # chains are done when finished and no probe of theirs is in flight
-                for cid in [c for c, lc in live.items() if lc.finish and not engine.has_probes(c)]:
-                    lc = live.pop(cid)
-                    buffer.append(_record(lc, cfg, build=engine.build))
-                    new_chains += 1
-                    q_left[lc.item.question_id] -= 1
-                    if q_left[lc.item.question_id] == 0:
-                        questions_done += 1
-                    if stop_after_chains is not None and new_chains >= stop_after_chains:
-                        stopping = True
-                        queue.clear()
-                        for c in list(live):
-                            engine.cancel(c)
-                        live.clear()
-                        break
-                now = time.monotonic()
-                if buffer and (now - last_flush > 60 or len(buffer) >= cfg.flush_every or not (queue or live)):
-                    _write_chunk(state / "chunks", buffer)
-                    buffer = []
-                    last_flush = now
-                    run.record(new_chains, tokens)
-                if progress is not None:
-                    progress(
-                        {
-                            "chains_done": n_done0 + new_chains,
-                            "chains_total": total,
-                            "questions_done": questions_done,
-                            "questions_total": len(items),
-                            "tokens": tokens,
-                            "tokens_per_s": tokens / max(now - t0, 1e-9),
-                            "active": len(live),
-                        }
-                    )
-        finally:
-            if buffer:
-                _write_chunk(state / "chunks", buffer)
-            run.record(new_chains, tokens)
-        if stopping and n_done0 + new_chains < total:
-            return None
-    return assemble(out, cfg=cfg, resolved=resolved, command=command, complete_only=False, round_floats=round_floats)
 
 
 def is_http(model: str) -> bool:
@@ -787,10 +826,7 @@ def assemble(
     from stopwise.traces.model import Provenance, Question, build_trace_set
 
     out = Path(out)
-    state = _state_dir(out)
-    if not (state / "config.json").is_file():
-        raise ConfigError(f"no collection at {out} (no {state}/config.json)",
-                          hint="pass the --out of a collection started with stopwise collect")
+    state = _require_state(out)
     meta = _read_state_config(state)
     if cfg is None:
         cfg = CollectConfig(**meta["identity"])
@@ -862,9 +898,7 @@ def _builds_note(chains: list[dict[str, Any]]) -> str:
 
 def collection_status(out: str | os.PathLike[str]) -> dict[str, Any]:
     """Counts of a collection in progress (questions complete, chains, tokens)."""
-    state = _state_dir(Path(out))
-    if not (state / "config.json").is_file():
-        raise ConfigError(f"no collection at {out} (no {state}/config.json)")
+    state = _require_state(out)
     cfg = CollectConfig(**_read_state_config(state)["identity"])
     recs = read_chunks(state)
     by_q: dict[str, int] = {}

@@ -103,16 +103,21 @@ def logit_stats(logits: np.ndarray, n_top: int = TOP_N, conf_k: int = CONF_K, n_
 
 
 def sample_token(
-    cand_ids: np.ndarray, cand_logits: np.ndarray, sampling: Sampling, rng: np.random.Generator
+    cand_ids: np.ndarray, cand_logits: np.ndarray, sampling: Sampling, rng: np.random.Generator,
+    logits: np.ndarray | None = None,
 ) -> int:
     """Draw one token from the best candidates (descending) with temperature, top-k and top-p.
 
-    Uses exactly one uniform draw per call (also when greedy) so a chain's random
-    stream does not depend on its settings' branch.
+    Where the settings reach past the candidates (``top_k`` 0, i.e. no cut, or larger than
+    the candidates) and the whole ``logits`` row is given, the draw is from the whole
+    vocabulary (top-p applied to its full softmax). Uses exactly one uniform draw per call
+    (also when greedy) so a chain's random stream does not depend on its settings' branch.
     """
     u = rng.random()
     if sampling.temperature <= 0:
         return int(cand_ids[0])
+    if logits is not None and not 0 < sampling.top_k <= len(cand_ids):
+        return _sample_wide(logits, sampling, u)
     n = len(cand_ids) if sampling.top_k <= 0 else min(sampling.top_k, len(cand_ids))
     z = cand_logits[:n].astype(np.float64) / sampling.temperature
     p = np.exp(z - z[0])
@@ -123,6 +128,34 @@ def sample_token(
         p = p[:keep] / c[min(keep, len(c)) - 1]
     idx = int(np.searchsorted(np.cumsum(p), u * p.sum(), side="right"))
     return int(cand_ids[min(idx, len(p) - 1)])
+
+
+def _sample_wide(logits: np.ndarray, sampling: Sampling, u: float) -> int:
+    """:func:`sample_token` past the candidates: top-k over the whole row (0: none), then top-p of
+    the full softmax, using the uniform draw ``u``."""
+    p = np.exp((logits.astype(np.float64) - float(logits.max())) / sampling.temperature)
+    total = float(p.sum())
+    k = max(0, sampling.top_k)
+    if k == 0 and sampling.top_p >= 1.0:  # the whole softmax: any order of the tokens samples it
+        idx = int(np.searchsorted(np.cumsum(p), u * total, side="right"))
+        return min(idx, len(p) - 1)
+    # the k best, or (no top-k) enough of the best to hold top_p of the mass
+    n = k or 256
+    while True:
+        n = min(n, len(p))
+        cand = np.argpartition(-p, n - 1)[:n]
+        cand = cand[np.argsort(-p[cand], kind="stable")]
+        q = p[cand]
+        if k or n == len(p) or float(q.sum()) >= sampling.top_p * total:
+            break
+        n *= 8
+    if k:
+        total = float(q.sum())  # top-k renormalises over the k best before top-p
+    if sampling.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(q) / total, sampling.top_p) + 1)
+        q = q[:keep]
+    idx = int(np.searchsorted(np.cumsum(q), u * float(q.sum()), side="right"))
+    return int(cand[min(idx, len(q) - 1)])
 
 
 @dataclass
@@ -148,7 +181,8 @@ class _Probe:
     generated: list[int] = field(default_factory=list)
     text: bytearray = field(default_factory=bytearray)
     logprob: float = 0.0
-    prefill: int = 0
+    prefill: int = 0  # tokens prefilled, once all of them are
+    prefilled: int = 0  # of ``tokens`` so far (a prefill longer than n_batch takes several steps)
 
 
 @dataclass
@@ -320,6 +354,9 @@ class BatchEngine:
                 retryable=True,
                 hint="wait for running chains to finish or raise n_seq_max",
             )
+        if len(prompt_tokens) > self.n_batch:
+            raise ConfigError(f"prompt of {len(prompt_tokens)} tokens exceeds n_batch {self.n_batch}",
+                              hint="shorten the prompt or raise n_batch")
         if len(prompt_tokens) + max(s.max_tokens for s in samplings) + 32 > self.n_ctx_seq:
             raise ConfigError(
                 f"prompt of {len(prompt_tokens)} tokens plus max_tokens (and 32 for a probe) does not fit "
@@ -423,20 +460,29 @@ class BatchEngine:
             self._prompts.remove(pr)
         events = self._decode(entries, n)
         entries, n = [], 0
+        # probes decoding take one token each, first; probes to prefill take the room left
         for p in self._probes:
-            if p.prefill == 0:
-                toks = p.tokens
-                if n + len(toks) > self.n_batch:
-                    continue
-                for j, t in enumerate(toks):
-                    n = self._add(n, t, p.pos + j, p.seq, j == len(toks) - 1)
-                p.prefill = len(toks)
-                p.pos += len(toks)
-                entries.append(("probe", p))
-            else:
+            if p.prefill:
                 n = self._add(n, p.generated[-1], p.pos, p.seq, True)
                 p.pos += 1
                 entries.append(("probe", p))
+        for p in self._probes:
+            if p.prefill == 0:
+                left = p.tokens[p.prefilled:]
+                if n + len(left) > self.n_batch:
+                    if len(left) <= self.n_batch or n == self.n_batch:
+                        continue  # it fits a later step whole
+                    # longer than any batch (a probe on a chain already released prefills its whole
+                    # prefix): prefill it in parts, one per step, in the room this step leaves
+                    left = left[: self.n_batch - n]
+                last = p.prefilled + len(left) == len(p.tokens)
+                for j, t in enumerate(left):
+                    n = self._add(n, t, p.pos + j, p.seq, last and j == len(left) - 1)
+                p.prefilled += len(left)
+                p.pos += len(left)
+                if last:
+                    p.prefill = len(p.tokens)
+                    entries.append(("probe", p))
         events += self._decode(entries, n)
         return events
 
@@ -504,7 +550,7 @@ class BatchEngine:
 
     def _sample(self, c: _Chain, x: np.ndarray) -> list[EngineEvent]:
         lse, top_ids, top_lp, ent, conf, cand_ids, cand_logits = logit_stats(x)
-        tok = sample_token(cand_ids, cand_logits, c.sampling, c.rng)
+        tok = sample_token(cand_ids, cand_logits, c.sampling, c.rng, logits=x)
         if self._eog[tok]:
             c.finished = "stop"
             self._release(c)
@@ -736,9 +782,18 @@ class EmbeddedBackend(Backend):
                 cmd()
             try:
                 events = self.engine.step()
-            except BackendError as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to every waiter; the thread must live on
+                err = exc if isinstance(exc, BackendError) else BackendError(
+                    f"the embedded engine failed: {type(exc).__name__}: {exc}", retryable=False)
                 for loop, q in list(self._queues.values()):
-                    loop.call_soon_threadsafe(q.put_nowait, exc)
+                    loop.call_soon_threadsafe(q.put_nowait, err)
+                with self._futs_lock:
+                    futs, self._probe_futs = list(self._probe_futs.values()), {}
+                for fut in futs:
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut, err)
+                if not isinstance(exc, BackendError):  # not a decode failure: nothing in flight can go on
+                    for cid in list(self.engine._chains):
+                        self.engine.cancel(cid)
                 continue
             for ev in events:
                 if ev.kind == "probe":
@@ -822,21 +877,33 @@ class EmbeddedBackend(Backend):
         else:
             ids += self.engine.tokenize("".join(s.text for s in prefix), special=False)
         ids += self.engine.tokenize(forcing, special=True)
+        from stopwise.backends.probes import forced_answer_done
+
         greedy = Sampling(temperature=0.0, max_tokens=max_tokens, seed=0)
         (cid,), q = await self._submit_ids(ids, greedy)
         text = bytearray()
         lp = 0.0
         n = 0
-        while True:
-            ev = await q.get()
-            if isinstance(ev, Exception):
-                raise ev
-            if ev.kind == "token":
-                text.extend(ev.step.raw or b"")
-                lp += ev.step.logprob
-                n += 1
-            elif ev.kind == "finished":
-                return text.decode("utf-8", errors="replace"), lp, len(ids), n
+        finished = False
+        try:
+            while True:
+                ev = await q.get()
+                if isinstance(ev, Exception):
+                    raise ev
+                if ev.kind == "token":
+                    text.extend(ev.step.raw or b"")
+                    lp += ev.step.logprob
+                    n += 1
+                    # up to the answer's end, as the chains' own probes decode (request_probe's stop)
+                    if forced_answer_done(text.decode("utf-8", errors="replace")):
+                        break
+                elif ev.kind == "finished":
+                    finished = True
+                    break
+        finally:
+            if not finished:
+                self._call(lambda: self.engine.cancel(cid))
+        return text.decode("utf-8", errors="replace"), lp, len(ids), n
 
     async def open_chain(self, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> ChainHandle:
         """A chain whose probes copy its KV cells (no prefix re-prefill) while it keeps decoding."""

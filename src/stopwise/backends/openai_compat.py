@@ -9,8 +9,12 @@ stream, which is how every one of these servers learns to stop generating.
 
 * ``n``: some servers ignore it; :meth:`OpenAICompatBackend.sample` asks once,
   counts the choices, and falls back to parallel requests if it got fewer.
-* Prefix continuation sends token ids where the server accepts a token-id
-  prompt (vLLM, SGLang), detected once; otherwise the prefix text.
+* Prefix continuation sends token ids where the chain's steps carry them and the
+  server accepts a token-id prompt (vLLM, SGLang), detected once; otherwise the
+  prefix text. The legacy ``logprobs`` object of ``/v1/completions`` names tokens
+  by their text only, so chains streamed from it carry no ids and their probes
+  send text, which the server tokenizes again (vLLM's ``return_tokens_as_token_ids``
+  is not used yet).
 * Timeouts: connect, and read (a stall longer than ``read_timeout`` between two
   chunks, or longer than that with only keep-alive comments, ends the stream with a
   retryable :class:`BackendError`); a non-streamed answer must be complete within
@@ -32,6 +36,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from stopwise.backends.base import Backend, Capabilities, ChainResult, Sampling, TokenStep
+from stopwise.backends.probes import forced_span
 from stopwise.errors import BackendError, MissingExtraError
 
 
@@ -589,7 +594,8 @@ class OpenAICompatBackend(Backend):
 
     async def continue_prefix(self, prompt: str, prefix: Sequence[TokenStep], forcing: str, max_tokens: int):
         await self.model_id()
-        greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=max_tokens, seed=0)
+        # greedy, to the end of the line at most: the answer is read up to its closing brace (forced_span)
+        greedy = Sampling(temperature=0.0, top_p=1.0, top_k=0, max_tokens=max_tokens, seed=0, stop=("\n",))
         ids = [s.token_id for s in prefix]
         obj = None
         if self.token_prompts is not False and prefix and all(i is not None for i in ids):
@@ -602,10 +608,15 @@ class OpenAICompatBackend(Backend):
         what = "POST /v1/completions (probe)"
         ch = (_choices(obj, what) or [{}])[0]
         steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what)
-        lp = sum(s.logprob for s in steps if not math.isnan(s.logprob))
         usage = obj.get("usage") or {}
         try:
-            return str(ch.get("text") or ""), lp, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or len(steps))
+            if (ch.get("logprobs") or {}).get("tokens"):
+                # up to the answer's end, as the embedded engine decodes a probe: the text, logprob and
+                # decoded tokens of what a server wrote after the closing brace are not the probe's
+                text, lp, dec = forced_span((s.text, s.logprob) for s in steps)
+            else:  # no per-token logprobs: the whole text, the server's count
+                text, lp, dec = str(ch.get("text") or ""), 0.0, int(usage.get("completion_tokens") or 0)
+            return text, lp, int(usage.get("prompt_tokens") or 0), dec
         except (TypeError, ValueError, AttributeError) as exc:
             raise BackendError(f"{what}: malformed usage from the upstream: {usage!r}", retryable=False, hint=_SHAPE_HINT) from exc
 

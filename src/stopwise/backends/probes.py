@@ -10,7 +10,8 @@ matching closing brace.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 DEFAULT_FORCING = "\n\nFinal answer: $\\boxed{"
@@ -34,6 +35,24 @@ def forced_answer(text: str) -> str | None:
 def forced_answer_done(text: str) -> bool:
     """Stop decoding a probe: the box is closed, or a line ended without closing it."""
     return forced_answer(text) is not None or "\n" in text
+
+
+def forced_span(pieces: Iterable[tuple[str, float]]) -> tuple[str, float, int]:
+    """A probe's continuation up to where its answer ends (:func:`forced_answer_done`).
+
+    ``pieces`` are the decoded tokens' (text, logprob); returns the text, the summed
+    logprob (NaNs skipped) and the number of tokens, counted as the embedded engine
+    decodes a probe: tokens past the answer's end are neither summed nor paid for.
+    """
+    text, lp, n = "", 0.0, 0
+    for piece, logprob in pieces:
+        text += piece
+        n += 1
+        if not math.isnan(logprob):
+            lp += logprob
+        if forced_answer_done(text):
+            break
+    return text, lp, n
 
 
 def token_cue(text: str, prev: str) -> tuple[str | None, bool]:
