@@ -57,6 +57,14 @@ def test_plain_numbers_never_reach_math_verify() -> None:
         assert ch.n_math_verify == 0 and ch.n_worker_starts == 0
 
 
+def test_close_numbers_written_exactly_are_different() -> None:
+    """A relative tolerance is for rounded decimals against fractions, not for two exact values."""
+    with AnswerChecker(use_math_verify=False) as ch:
+        assert ch.equivalent_many([("1000000000", "1000000001"), ("1000000000", "1,000,000,000"),
+                                   ("0.1234567891", "0.1234567892"), ("1/3", "0.33333333333"), ("2/3", "0.6666666667")]) == [
+            False, True, False, True, True]
+
+
 def test_missing_is_never_equivalent() -> None:
     with AnswerChecker(use_math_verify=False) as ch:
         assert not ch.equivalent(None, None)

@@ -167,6 +167,36 @@ def test_a_lost_collection_resumes_from_an_assembled_set(tmp_path, smollm2_path)
     assert first.n_chains == 4
 
 
+def test_assembly_needs_every_base_chain_and_the_same_questions_and_model(tmp_path, smollm2_path):
+    """A question counts as complete only with all its base chains (an extra chain does not stand in
+    for a missing one); a state whose questions or model file changed is refused, not joined."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stopwise.collect import assemble
+
+    cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=3, chains=2, chains_first=(1, 3), max_tokens=12, probe_every=4)
+    full = read_trace_set(collect(cfg, tmp_path / "a"))
+    assert full.n_questions == 3 and full.n_chains == 7
+    state = tmp_path / "a.collect"
+    meta = json.loads((state / "config.json").read_text())
+    assert meta["model_sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    first = full.questions.column("question_id")[0].as_py()
+    # the first question loses its base chain 1 but keeps its extra chain 2
+    rows = [r for r in read_chunks(state) if (r["question_id"], r["sample_id"]) != (first, 1)]
+    for p in (state / "chunks").glob("chunk-*.parquet"):
+        p.unlink()
+    pq.write_table(pa.Table.from_pylist(rows), state / "chunks" / "chunk-000000.parquet")
+    part = read_trace_set(assemble(tmp_path / "a"))
+    assert part.n_questions == 2 and first not in part.questions.column("question_id").to_pylist()
+    for key, what in (("questions_sha256", "gives other questions now"), ("model_sha256", "would mix two models")):
+        (state / "config.json").write_text(json.dumps({**meta, key: "0" * 64}))
+        with pytest.raises(ConfigError, match=what):
+            assemble(tmp_path / "a")
+    with pytest.raises(ConfigError, match="would mix two models"):  # and a resume with another model file
+        collect(cfg, tmp_path / "a")
+
+
 def test_direct_answers_continue_the_forcing_string(tmp_path, smollm2_path):
     """--direct: no chain of thought; the model writes the answer right after the forcing string (greedy)."""
     cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=3, chains=1, max_tokens=12, temperature=0.0,

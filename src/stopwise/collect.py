@@ -208,7 +208,8 @@ def _runs_summary(state: Path) -> dict[str, Any] | None:
             "first_run": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(last)))}
 
 
-def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConfig) -> int:
+def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConfig,
+                items: list[DatasetItem] | None = None) -> int:
     """Add the chains of an assembled trace set (same collection settings) as a chunk.
 
     Chains already in the state are skipped. Returns how many were added.
@@ -218,7 +219,8 @@ def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConf
     ConfigError
         If the set was not collected with these settings, or was stored with rounded
         floats (the working state holds full precision; rounded chains would mix in
-        unrecorded).
+        unrecorded), or (given the collection's ``items``) one of its questions has
+        another text or reference than the collection's question of that id.
     """
     from stopwise.traces.io import read_trace_set
 
@@ -235,9 +237,24 @@ def seed_chunks(state: Path, trace_set: str | os.PathLike[str], cfg: CollectConf
             f"trace set {trace_set} was not collected with these settings (provenance.collect differs)",
             hint="seed only from a set assembled from the same collection",
         )
+    graded: set[str] = set()
+    if items is not None:
+        ours = {it.question_id: it for it in items}
+        for q in ts.questions.select(["question_id", "question", "reference"]).to_pylist():
+            it = ours.get(q["question_id"])
+            if it is not None and (it.question, it.reference) != (q["question"], q["reference"]):
+                raise ConfigError(
+                    f"trace set {trace_set} holds question {q['question_id']!r} with another text or reference than "
+                    f"{cfg.dataset} gives it now: its chains would be joined to another question",
+                    hint="seed only from a set of the same dataset version",
+                )
+        graded = {it.question_id for it in items if it.grade is not None}
     have = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
     keep = [c for c in ts.chains.column_names if c not in ("answer_class", "probe_class")]
     rows = [r for r in ts.chains.select(keep).to_pylist() if (r["question_id"], int(r["sample_id"])) not in have]
+    for r in rows:
+        if r["question_id"] not in graded:  # judged by the reference when assembled, as the chains collected here
+            r.pop("correct", None)
     if rows:
         _write_chunk(state / "chunks", rows)
     return len(rows)
@@ -412,6 +429,25 @@ def _open_state(out: Path, cfg: CollectConfig, command: str, fingerprint: str | 
     return state
 
 
+def _check_model(state: Path, meta: dict[str, Any], resolved: Any, record: bool = False) -> None:
+    """The model file must be the one the collection started with (a GGUF path can be replaced by
+    another file): its sha256 is kept in config.json (with ``record``, written where missing)."""
+    digest = getattr(resolved, "sha256", None)
+    if digest is None:  # an HTTP upstream: nothing to pin
+        return
+    kept = meta.get("model_sha256")
+    if kept is not None and kept != digest:
+        raise ConfigError(
+            f"the model file {getattr(resolved, 'path', resolved)} has sha256 {digest[:12]}, but the collection at {state} "
+            f"was collected with sha256 {kept[:12]}: its chains would mix two models",
+            hint="restore the model file the collection started with, or collect into another --out",
+        )
+    if kept is None and record:
+        tmp = state / ".config.json.tmp"
+        tmp.write_text(json.dumps({**meta, "model_sha256": digest}, indent=1))
+        os.replace(tmp, state / "config.json")
+
+
 def _select(cfg: CollectConfig) -> tuple[Dataset, list[DatasetItem]]:
     ds = load_dataset(cfg.dataset, size=max(cfg.dataset_size, cfg.offset + cfg.questions), seed=cfg.seed)
     items = ds.items[cfg.offset : cfg.offset + cfg.questions]
@@ -477,8 +513,9 @@ def collect(
     resolved = _HttpModel(cfg.model) if is_http(cfg.model) else resolve_model(cfg.model)  # a wrong --model fails here too
     state = _open_state(out, cfg, command, questions_fingerprint(items))
     with _exclusive(state):
+        _check_model(state, _read_state_config(state), resolved, record=True)
         if seed_from is not None:
-            seed_chunks(state, seed_from, cfg)
+            seed_chunks(state, seed_from, cfg, items)
         done = {(r["question_id"], int(r["sample_id"])) for r in read_chunks(state)}
         # first every question's base chains, then the extra chains of the first M questions,
         # so a partial collection is a usable set early (see assemble(complete_only=True))
@@ -730,10 +767,15 @@ def _record(lc: _Live, cfg: CollectConfig, build: str | None = None) -> dict[str
     else:
         answer = extract_answer(text)
     probes = sorted(lc.probes, key=lambda p: p[0])
-    # token end offsets in characters, for the first candidate answer's token position
+    # token end offsets in characters of the decoded text, for the first candidate answer's token
+    # position (decoded incrementally, as the whole text is: a character split over two tokens
+    # counts once, with the token that completes it)
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     ends, acc = [], 0
-    for t in lc.tokens:
-        acc += len(t)
+    for raw in lc.raw:
+        acc += len(dec.decode(raw))
         ends.append(acc)
     cands = find_candidates(text)
     first = -1
@@ -814,7 +856,7 @@ def assemble(
 ) -> Path:
     """Write the trace set from the chunks collected so far.
 
-    With ``complete_only`` only questions with at least their base ``chains`` are
+    With ``complete_only`` only questions with all their base ``chains`` are
     kept (with whatever extra chains they have): a partial corpus that is still a
     proper many-chains-per-question set. With ``round_floats`` the chains' floats are
     stored at that many mantissa bits (:mod:`stopwise.traces.precision`; the working
@@ -835,11 +877,23 @@ def assemble(
     http = is_http(cfg.model)
     resolved = resolved or (_HttpModel(cfg.model) if http else resolve_model(cfg.model))
     ds, items = _select(cfg)
+    fingerprint = meta.get("questions_sha256")
+    if fingerprint and fingerprint != questions_fingerprint(items):
+        raise ConfigError(
+            f"{cfg.dataset} gives other questions now than the collection at {state} was collected on (questions sha256 "
+            f"{fingerprint[:12]} there, {questions_fingerprint(items)[:12]} now): its chains would be joined to the wrong questions",
+            hint="restore the dataset file (or the reasoning-gym version) the collection used",
+        )
+    _check_model(state, meta, resolved)
     records = read_chunks(state)
-    by_q: dict[str, int] = {}
+    # complete: every base chain (sample ids 0..chains-1) is there; extra chains do not stand in for one
+    base: dict[str, set[int]] = {}
     for r in records:
-        by_q[r["question_id"]] = by_q.get(r["question_id"], 0) + 1
-    keep = [(i, it) for i, it in enumerate(items) if by_q.get(it.question_id, 0) >= (cfg.chains if complete_only else 1)]
+        base.setdefault(r["question_id"], set())
+        if int(r["sample_id"]) < cfg.chains:
+            base[r["question_id"]].add(int(r["sample_id"]))
+    keep = [(i, it) for i, it in enumerate(items)
+            if (len(base.get(it.question_id, ())) == cfg.chains if complete_only else it.question_id in base)]
     if not keep:
         raise ConfigError(f"no question of the collection at {state} has its {cfg.chains if complete_only else 1} "
                           f"chain(s) yet; nothing to write", hint="collect longer first (run the same collect command)")

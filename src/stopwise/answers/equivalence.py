@@ -131,9 +131,22 @@ def _as_number(norm: str) -> Fraction | None:
         return None
 
 
+def _exact_decimal(x: Fraction) -> bool:
+    """Whether ``x`` has a finite decimal expansion (its denominator has no prime but 2 and 5)."""
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
 def _numbers_equal(x: Fraction, y: Fraction) -> bool:
     if x == y:
         return True
+    if _exact_decimal(x) and _exact_decimal(y):
+        # both written exactly ("1000000001", "0.25"): different values, however close; the
+        # tolerance is for a rounded decimal against a fraction ("0.3333333333" and "1/3")
+        return False
     try:
         return math.isclose(float(x), float(y), rel_tol=1e-9, abs_tol=0.0)
     except OverflowError:
