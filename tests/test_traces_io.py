@@ -88,6 +88,22 @@ def test_corrupt_set_is_detected(tmp_path):
         read_trace_set(out)
 
 
+def test_chains_out_of_their_layout_are_refused(tmp_path):
+    """The content hash does not see row order: a chains file re-sorted (or given a row twice, or a
+    chain of an unknown question) by another tool is refused by its layout, naming the row."""
+    import pyarrow.parquet as pq
+
+    out = write_trace_set(synthetic_trace_set(3, 2, seed=1), tmp_path / "set")
+    chains = pq.read_table(out / "chains.parquet")
+    pq.write_table(chains.take(list(range(chains.num_rows))[::-1]), out / "chains.parquet")
+    with pytest.raises(TraceSetError, match=r"chains.parquet: row 2: chain \('.*', sample 0\) out of order") as e:
+        read_trace_set(out)
+    assert "grouped by question" in e.value.hint
+    pq.write_table(chains.take([0, 0, 1, 2, 3, 4, 5]), out / "chains.parquet")
+    with pytest.raises(TraceSetError, match="row 2: .* again"):
+        read_trace_set(out, verify=False)
+
+
 def test_missing_and_foreign_directories(tmp_path):
     with pytest.raises(TraceSetError, match="not found"):
         read_trace_set(tmp_path / "nope")

@@ -184,6 +184,7 @@ def read_trace_set(path: str | os.PathLike[str], *, verify: bool = True) -> Trac
                 f"{str(manifest.get('content_hash'))[:12]}",
                 hint="re-import or re-collect it",
             )
+    _check_layout(questions, chains, path / CHAINS)
     prov = Provenance.model_validate(manifest.get("provenance") or {"source": "unknown"})
     ts = TraceSet(
         name=manifest.get("name") or path.name,
@@ -194,6 +195,28 @@ def read_trace_set(path: str | os.PathLike[str], *, verify: bool = True) -> Trac
     )
     ts.__dict__["content_hash"] = manifest["content_hash"] if not verify else h
     return ts
+
+
+def _check_layout(questions: pa.Table, chains: pa.Table, where: Path) -> None:
+    """Chains grouped by question in the order of the questions, each question's sorted by
+    sample id, no id twice: the row layout every reader relies on (the content hash does not
+    see row order, so a set re-sorted by another tool passes it)."""
+    qids = questions.column("question_id").to_pylist()
+    pos: dict[str, int] = {}
+    for i, q in enumerate(qids):
+        if q in pos:
+            raise TraceSetError(f"{where.parent / QUESTIONS}: row {i + 1}: question id {q!r} again (first at row {pos[q] + 1})")
+        pos[q] = i
+    hint = "chains must be grouped by question in questions.parquet's order and sorted by sample_id; write the set with stopwise"
+    last = (-1, -1)
+    for row, (q, sid) in enumerate(zip(chains.column("question_id").to_pylist(), chains.column("sample_id").to_pylist())):
+        if q not in pos:
+            raise TraceSetError(f"{where}: row {row + 1}: question id {q!r} is not in {QUESTIONS}", hint=hint)
+        key = (pos[q], sid)
+        if key <= last:
+            what = "again" if key == last else "out of order"
+            raise TraceSetError(f"{where}: row {row + 1}: chain ({q!r}, sample {sid}) {what}", hint=hint)
+        last = key
 
 
 def _conform(table: pa.Table, schema: pa.Schema, where: Path) -> pa.Table:
