@@ -41,6 +41,7 @@ interface. ``llama_cpp`` is imported lazily (extra ``[embedded]``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import heapq
 import math
@@ -853,8 +854,8 @@ class EmbeddedBackend(Backend):
         self._call(cmd)
         return await fut, q
 
-    async def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True) -> AsyncIterator[TokenStep]:
-        (cid,), q = await self._submit(prompt, [sampling])
+    async def _steps(self, cid: int, q: asyncio.Queue) -> AsyncIterator[TokenStep]:
+        """The tokens of chain ``cid`` until it finishes; closed early, it cancels the chain."""
         finished = False
         try:
             while True:
@@ -870,6 +871,12 @@ class EmbeddedBackend(Backend):
             if not finished:
                 self._call(lambda: self.engine.cancel(cid))
 
+    async def stream(self, prompt: str, sampling: Sampling, *, logprobs: bool = True) -> AsyncIterator[TokenStep]:
+        (cid,), q = await self._submit(prompt, [sampling])
+        async with contextlib.aclosing(self._steps(cid, q)) as steps:
+            async for st in steps:
+                yield st
+
     async def continue_prefix(self, prompt: str, prefix: Sequence[TokenStep], forcing: str, max_tokens: int):
         ids = self.engine.tokenize_prompt(prompt)
         if all(s.token_id is not None for s in prefix):
@@ -884,25 +891,14 @@ class EmbeddedBackend(Backend):
         text = bytearray()
         lp = 0.0
         n = 0
-        finished = False
-        try:
-            while True:
-                ev = await q.get()
-                if isinstance(ev, Exception):
-                    raise ev
-                if ev.kind == "token":
-                    text.extend(ev.step.raw or b"")
-                    lp += ev.step.logprob
-                    n += 1
-                    # up to the answer's end, as the chains' own probes decode (request_probe's stop)
-                    if forced_answer_done(text.decode("utf-8", errors="replace")):
-                        break
-                elif ev.kind == "finished":
-                    finished = True
+        async with contextlib.aclosing(self._steps(cid, q)) as steps:
+            async for st in steps:
+                text.extend(st.raw or b"")
+                lp += st.logprob
+                n += 1
+                # up to the answer's end, as the chains' own probes decode (request_probe's stop)
+                if forced_answer_done(text.decode("utf-8", errors="replace")):
                     break
-        finally:
-            if not finished:
-                self._call(lambda: self.engine.cancel(cid))
         return text.decode("utf-8", errors="replace"), lp, len(ids), n
 
     async def open_chain(self, prompt: str, sampling: Sampling, schedule: Any, forcing: str, probe_max_tokens: int = 16) -> ChainHandle:
