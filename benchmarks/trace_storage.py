@@ -18,6 +18,10 @@ abstention at each unit and grid point) that the rounding changed. Writes JSON.
 Usage::
 
     python benchmarks/trace_storage.py [--sets gsm8k_qwen05,chain_sum_qwen05] [--decisions] [--out results/trace_storage.json]
+
+A ``--sets`` item is a bundled set's name or a trace-set directory: a set that ships
+rounded is measured from its lossless assembly (``stopwise collect --out DIR
+--assemble-partial`` without ``--round-floats``), as the rounding is what is measured.
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in [s for s in args.sets.split(",") if s]:
-            ts = read_trace_set(bundled_path(name))
+            ts = read_trace_set(name if os.sep in name else bundled_path(name))
+            if ts.provenance.float_precision:
+                raise SystemExit(f"{name} is stored rounded ({ts.provenance.float_precision}); give its lossless assembly")
+            name = ts.name
             chains = ts.chains
             variants = {
                 "zstd9+dict (before)": (chains, {"compression": "zstd", "compression_level": 9}, None),

@@ -33,6 +33,18 @@ def test_collected_corpus_has_logprobs_probes_and_provenance(collected):
     assert np.all(lp <= 1e-6)
 
 
+def test_gsm8k_corpus_is_complete_as_the_issue_asks(corpus):
+    """600 GSM8K test questions x 4 chains, 16 on the first 64 (in the dataset's order), stored at 7 mantissa bits
+    with the lossless set's content hash, and the collection's run log in the manifest."""
+    assert corpus.n_questions == 600 and corpus.n_chains == 600 * 4 + 64 * 12
+    counts = corpus.chain_counts
+    assert np.all(counts[:64] == 16) and np.all(counts[64:] == 4)
+    fp = corpus.provenance.float_precision
+    assert fp["mantissa_bits"] == 7 and len(fp["lossless_content_hash"]) == 64 and fp["lossless_content_hash"] != corpus.content_hash
+    assert corpus.provenance.collect["chains_first"] == [64, 16] and corpus.provenance.collection_runs["chains"] > 0
+    assert "600 of 600 questions complete" in corpus.provenance.notes
+
+
 def test_corpus_feeds_token_level_and_probe_based_families(collected):
     corpus = collected
     fams, skipped = applicable_families(corpus, None, "disagreement")
@@ -66,7 +78,7 @@ def test_cascade_pair_and_direct_set_share_the_questions(corpus):
 def test_small_to_large_cascade_on_the_bundled_pair(corpus):
     from stopwise.routing import pair_trace_sets, trace_cascade
 
-    pair = pair_trace_sets(corpus, read_trace_set(bundled_path("gsm8k_qwen15")))
+    pair = pair_trace_sets(corpus, read_trace_set(bundled_path("gsm8k_qwen15")), chains=4)  # the first 64 questions have 16
     assert pair.chains == 4 and len(pair.question_ids) >= 100
     assert pair.strong_ok.mean() > pair.weak_ok.mean(), "the 1.5B model is the stronger one"
     r = trace_cascade(pair, score="vote_margin", epsilon=0.1)
