@@ -9,19 +9,21 @@ dictionary) and (c) the same settings after rounding every float to 10 or 7 mant
 ``stopwise.traces.precision``, opt-in with ``stopwise collect --round-floats``).
 Prints the sizes, the write and read times, whether (b) reads back to the same
 content hash, the largest error of each rounding (and per column its median
-and largest), and, for a set that is still
-being collected, its size projected to its target chain count. With
+and largest). With
 ``--decisions`` it also replays every applicable policy family on the lossless
 and each rounded set and prints the share of decisions (answer, tokens,
 abstention at each unit and grid point) that the rounding changed. Writes JSON.
 
 Usage::
 
-    python benchmarks/trace_storage.py [--sets gsm8k_qwen05,chain_sum_qwen05] [--decisions] [--out results/trace_storage.json]
+    python benchmarks/trace_storage.py [--sets chain_sum_qwen05,gsm8k_qwen15] [--decisions] [--out results/trace_storage.json]
+    # the README's figures: the GSM8K set from its lossless assembly (corpus/README.md)
+    python benchmarks/trace_storage.py --decisions --sets corpus/gsm8k_qwen05,chain_sum_qwen05,gsm8k_qwen15
 
-A ``--sets`` item is a bundled set's name or a trace-set directory: a set that ships
-rounded is measured from its lossless assembly (``stopwise collect --out DIR
---assemble-partial`` without ``--round-floats``), as the rounding is what is measured.
+A ``--sets`` item is a bundled set's name or a trace-set directory. A set that ships
+rounded (the bundled ``gsm8k_qwen05``) is refused: it is measured from its lossless
+assembly (``stopwise collect --out DIR --assemble-partial`` without ``--round-floats``),
+as the rounding is what is measured.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import command_line, machine, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# target chain counts of the sets still being collected (issue 4): 600 x 4 + 64 x 12 and 300 x 4
-TARGETS = {"gsm8k_qwen05": 600 * 4 + 64 * 12, "chain_sum_qwen05": 300 * 4}
 
 
 def _decisions_changed(ts, rounded, progress=print) -> dict:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from stopwise.traces.precision import column_changes, max_abs_change, with_float_precision
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sets", default="gsm8k_qwen05,chain_sum_qwen05,gsm8k_qwen15")
+    ap.add_argument("--sets", default="chain_sum_qwen05,gsm8k_qwen15", help="bundled set names or trace-set directories, lossless")
     ap.add_argument("--decisions", action="store_true", help="also replay the policy families on each rounded set")
     ap.add_argument("--out", default=str(RESULTS / "trace_storage.json"))
     args = ap.parse_args(argv)
@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name in [s for s in args.sets.split(",") if s]:
             ts = read_trace_set(name if os.sep in name else bundled_path(name))
             if ts.provenance.float_precision:
-                raise SystemExit(f"{name} is stored rounded ({ts.provenance.float_precision}); give its lossless assembly")
+                raise SystemExit(f"{name} is stored rounded to {ts.provenance.float_precision.get('mantissa_bits')} mantissa bits: "
+                                 "give its lossless assembly (stopwise collect --out DIR --assemble-partial, without "
+                                 "--round-floats; for gsm8k_qwen05 see corpus/README.md)")
             name = ts.name
             chains = ts.chains
             variants = {
@@ -107,13 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "bytes": size, "write_s": round(t_write, 3), "read_s": round(t_read, 3),
                        "same_content_hash": content_hash(ts.questions, back.cast(chains.schema)) == ts.content_hash,
                        "max_abs_error": max_abs_change(chains, back)}
-                if name in TARGETS and ts.n_chains < TARGETS[name]:
-                    row["projected_bytes_at_target"] = int(size * TARGETS[name] / ts.n_chains)
-                    row["target_chains"] = TARGETS[name]
                 rows.append(row)
-                proj = f", {row['projected_bytes_at_target'] / 1e6:5.1f} MB at {TARGETS[name]} chains" \
-                    if "projected_bytes_at_target" in row else ""
-                print(f"  {label:26s} {size / 1e6:6.2f} MB{proj}  write {t_write:5.2f} s  read {t_read:5.2f} s  "
+                print(f"  {label:26s} {size / 1e6:6.2f} MB  write {t_write:5.2f} s  read {t_read:5.2f} s  "
                       f"same hash {row['same_content_hash']!s:5s}  max error {row['max_abs_error']:.2g}")
                 if bits:
                     row["column_errors"] = column_changes(chains, back)
