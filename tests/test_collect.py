@@ -17,6 +17,10 @@ from stopwise.traces.io import read_trace_set
 
 ARGS = ["collect", "--dataset", "gsm8k", "--model", "smollm2", "--questions", "6", "--chains", "2", "--chains-first", "1:3",
         "--max-tokens", "40", "--probe-every", "8", "--seed", "3", "--batch", "2", "--threads", "2"]
+# Runs whose texts are compared decode one chain at a time. A chain's tokens depend on its seed and on
+# what else is in its llama.cpp batch (benchmarks/batch_determinism.py); a resumed run pairs chains
+# differently from an uninterrupted one, so only chains decoded alone are the same text in both.
+ALONE = [a if a != "2" or ARGS[i - 1] != "--batch" else "1" for i, a in enumerate(ARGS)]
 
 
 def cli(*args, **kw):
@@ -31,7 +35,7 @@ def test_collect_writes_a_valid_set_with_probes_and_provenance(tmp_path, smollm2
     assert ts.n_questions == 6 and ts.n_chains == 6 * 2 + 1
     rows = ts.chains.to_pylist()
     for r in rows:
-        assert 1 <= r["n_tokens"] <= 40 and len(r["tokens"]) == r["n_tokens"] == len(r["token_logprobs"]) == len(r["entropy"])
+        assert r["n_tokens"] <= 40 and len(r["tokens"]) == r["n_tokens"] == len(r["token_logprobs"]) == len(r["entropy"])
         assert all(len(t) == 5 for t in r["top_logprobs"])
         assert r["probe_position"] == sorted(r["probe_position"])
         assert all(c > 0 for c in r["probe_cost"])
@@ -53,7 +57,7 @@ def test_collect_writes_a_valid_set_with_probes_and_provenance(tmp_path, smollm2
 def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, smollm2_path):
     out = tmp_path / "killed"
     chunks = Path(str(out) + ".collect") / "chunks"
-    p = cli(*ARGS, "--flush-every", "1", "--out", str(out))
+    p = cli(*ALONE, "--flush-every", "1", "--out", str(out))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(chunks.glob("chunk-*.parquet"))) < 2:
         time.sleep(0.05)
@@ -63,7 +67,7 @@ def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, sm
     assert 2 <= len(partial) < 13, "the kill should land mid-collection"
     assert not (out / "manifest.json").exists()
     # resume: same arguments, finishes the rest
-    q = cli(*ARGS, "--flush-every", "1", "--out", str(out))
+    q = cli(*ALONE, "--flush-every", "1", "--out", str(out))
     _, err = q.communicate(timeout=600)
     assert q.returncode == 0, err
     ts = read_trace_set(out)
@@ -77,9 +81,9 @@ def test_killed_collection_resumes_with_exactly_the_expected_chains(tmp_path, sm
         rec = json.loads(line)
         last[rec["run"]] = rec
     assert last[max(last)]["chains"] == 13 - len(partial)
-    # the chains are the ones an uninterrupted run makes (each is seeded by question and sample)
+    # the chains are the ones an uninterrupted run makes (each is seeded by question and sample, and decoded alone)
     clean = tmp_path / "clean2"
-    r = cli(*ARGS, "--out", str(clean))
+    r = cli(*ALONE, "--out", str(clean))
     _, err = r.communicate(timeout=600)
     assert r.returncode == 0, err
     a = {(x["question_id"], x["sample_id"]): x["text"] for x in read_trace_set(clean).chains.to_pylist()}
@@ -133,10 +137,11 @@ def test_collect_with_the_default_embedded_model(tmp_path, qwen05_path):
     ts = read_trace_set(path)
     assert ts.n_chains == 2 and ts.provenance.model_sha256.startswith("1d9614638d18")
     rows = ts.chains.to_pylist()
-    assert all(r["n_tokens"] == 24 for r in rows)  # a 0.5B model does not finish GSM8K in 24 tokens
-    for r in rows:
+    for r in rows:  # a sampled chain's length is the model's; the schedule follows it
+        assert r["n_tokens"] <= 24
         sched = [p for p, c in zip(r["probe_position"], r["probe_cue"]) if c == "schedule"]
-        assert sched == [8, 16]  # none at 24: the chain ends there (length), its final answer is the last word
+        # every 8 tokens the chain reached, none at 24 (max_tokens: its final answer is the last word)
+        assert sched == [p for p in (8, 16) if p <= r["n_tokens"]]
     assert "Qwen2.5-Coder-0.5B" in ts.provenance.model
 
 
@@ -247,7 +252,7 @@ def test_compacting_the_state_keeps_every_chain_and_leaves_earlier_compactions_a
     """`collect --compact` merges the small chunks into one lossless file; a resumed and finished
     collection over compacted state gives the same set as one that never compacted."""
     cfg = CollectConfig(dataset="gsm8k", model="smollm2", questions=3, chains=2, max_tokens=24, probe_every=8,
-                        seed=3, batch_chains=2, flush_every=1)
+                        seed=3, batch_chains=1, flush_every=1)  # one chain at a time: texts are compared below
     out = tmp_path / "c"
     state = out.with_name(out.name + ".collect")
     chunks = state / "chunks"

@@ -2,6 +2,13 @@
 
 These load a real GGUF model in-process; they skip when the ``[embedded]`` extra
 or the model package is missing, unless STOPWISE_REQUIRE_EMBEDDED=1 (CI).
+
+They must pass on any x86-64 CPU with AVX2, whatever llama.cpp build: a seeded
+sample is the same only on one machine, one build and one batch composition, so
+no test here expects a length or a text that a seed happened to give. A length a
+test needs is forced (``Sampling(ignore_eos=True)``); a value is compared with a
+second run in the same process; runs whose batches differ are held only to what
+must hold across them.
 """
 
 import asyncio
@@ -48,14 +55,16 @@ def run(engine, cids, probe_every=0, forcing=None, cue_before=()):
 def test_probes_leave_the_chain_token_identical(engine):
     ids = engine.tokenize_prompt(PROMPT)
     forcing = engine.tokenize("\n\nFinal answer: $\\boxed{")
-    s = Sampling(temperature=0.8, max_tokens=48, seed=1234)
+    s = Sampling(temperature=0.8, max_tokens=48, seed=1234, ignore_eos=True)  # 48 tokens, whatever the CPU
     (a,), _ = run(engine, engine.submit(ids, [s]))[0].items(), None
     plain = a[1]
+    assert len(plain) == 48
+    # probes are decoded in a second llama_decode call, so the chain's own batch is the same as without them
     toks, probes = run(engine, engine.submit(ids, [s]), probe_every=5, forcing=forcing, cue_before=(7, 13))
     (cid,) = toks
     assert toks[cid] == plain
     got = probes[cid]
-    assert len(got) >= len(plain) // 5  # every 5 tokens, plus two before-cue probes
+    assert sorted(p.position for p in got if p.cue == "schedule") == list(range(5, 48, 5))
     assert {p.position for p in got if p.cue == "wait"} == {6, 12}
     for p in got:
         assert p.prefill_tokens == len(forcing) + (0 if p.cue == "wait" else 1)
@@ -65,13 +74,32 @@ def test_probes_leave_the_chain_token_identical(engine):
 def test_chains_of_one_prompt_share_it_and_depend_only_on_their_seed(engine):
     ids = engine.tokenize_prompt(PROMPT)
     seeds = [11, 22, 11, 33]
-    toks, _ = run(engine, engine.submit(ids, [Sampling(temperature=1.0, max_tokens=32, seed=s) for s in seeds]))
+    batch = [Sampling(temperature=1.0, max_tokens=32, seed=s, ignore_eos=True) for s in seeds]
+    toks, _ = run(engine, engine.submit(ids, batch))
     seqs = list(toks.values())
-    assert seqs[0] == seqs[2]  # same seed, same prompt → same chain
+    assert [len(t) for t in seqs] == [32] * 4
+    assert seqs[0] == seqs[2]  # same seed, same prompt, same decode call → same chain
     assert seqs[0] != seqs[1] or seqs[0] != seqs[3]
-    # the same chain decoded alone gives the same tokens as inside the batch
-    alone, _ = run(engine, engine.submit(ids, [Sampling(temperature=1.0, max_tokens=32, seed=22)]))
-    assert list(alone.values())[0] == seqs[1]
+    # the same batch again: the same chains (one process, one build, one batch composition)
+    again, _ = run(engine, engine.submit(ids, batch))
+    assert list(again.values()) == seqs
+    # decoded alone, chain 22 sees other logits than beside three chains (llama.cpp's kernels depend on the
+    # batch: benchmarks/batch_determinism.py), so only what must hold across both runs is asserted: the same
+    # first token (drawn from the shared prompt's logits), and, while the two still agree, the same recorded
+    # logprobs up to the batch noise measured there (chosen-token logprob: max 0.053 nats)
+    steps = {}
+    for label, samplings in (("batch", batch), ("alone", [batch[1]])):
+        cids = engine.submit(ids, samplings)
+        got = {c: [] for c in cids}
+        while engine.n_active:
+            for ev in engine.step():
+                if ev.kind == "token":
+                    got[ev.chain].append(ev.step)
+        steps[label] = got[cids[1 if label == "batch" else 0]]
+    a, b = steps["alone"], steps["batch"]
+    assert len(a) == len(b) == 32 and a[0].token_id == b[0].token_id
+    same = next((i for i, (x, y) in enumerate(zip(a, b)) if x.token_id != y.token_id), 32)
+    np.testing.assert_allclose([x.logprob for x in a[:same]], [y.logprob for y in b[:same]], atol=0.25)
 
 
 def test_logprobs_are_raw_log_softmax_and_match_llama_cpp(engine, smollm2_path):
@@ -122,8 +150,8 @@ def test_embedded_backend_streams_and_cancels(smollm2_path):
                 await asyncio.sleep(0.02)
             assert be.engine.n_active == 0 and len(got) == 5
             assert be.engine.free_seqs == 8  # every sequence id is back
-            res = await be.sample(prompt, Sampling(temperature=0.9, max_tokens=8, seed=5), 3)
-            assert [len(r.steps) for r in res] == [8, 8, 8]
+            res = await be.sample(prompt, Sampling(temperature=0.9, max_tokens=8, seed=5, ignore_eos=True), 3)
+            assert [len(r.steps) for r in res] == [8, 8, 8]  # forced: end-of-generation is never drawn
             text, lp, prefill, dec = await be.continue_prefix(prompt, res[0].steps, " So the answer is", 4)
             assert prefill > 8 and 1 <= dec <= 4 and lp <= 0
         finally:
@@ -152,7 +180,7 @@ def test_an_engine_failure_reaches_every_waiter_and_the_backend_goes_on(smollm2_
                 return real_step()
 
             be.engine.step = broken_step
-            chain = await be.open_chain(prompt, Sampling(temperature=0.0, max_tokens=300, seed=1), None, " The answer is", 3)
+            chain = await be.open_chain(prompt, Sampling(temperature=0.0, max_tokens=300, seed=1, ignore_eos=True), None, " The answer is", 3)
             for _ in range(3):
                 assert await asyncio.wait_for(chain.next(), 60) is not None
             probe = asyncio.ensure_future(chain.probe((2, "t")))
@@ -161,7 +189,7 @@ def test_an_engine_failure_reaches_every_waiter_and_the_backend_goes_on(smollm2_
             with pytest.raises(BackendError, match="planted"):
                 for _ in range(300):  # the tokens decoded before the failure come first
                     assert await asyncio.wait_for(chain.next(), 60) is not None
-            res = await asyncio.wait_for(be.sample(prompt, Sampling(temperature=0.0, max_tokens=4, seed=1), 1), 60)
+            res = await asyncio.wait_for(be.sample(prompt, Sampling(temperature=0.0, max_tokens=4, seed=1, ignore_eos=True), 1), 60)
             assert len(res[0].steps) == 4
         finally:
             await be.aclose()
@@ -182,7 +210,7 @@ def test_requests_beyond_the_free_slots_wait_in_line(smollm2_path):
             prompt = be.render_chat([{"role": "user", "content": "Name a fruit."}])
 
             async def one(seed):
-                return [st.text async for st in be.stream(prompt, Sampling(temperature=0.9, max_tokens=10, seed=seed))]
+                return [st.text async for st in be.stream(prompt, Sampling(temperature=0.9, max_tokens=10, seed=seed, ignore_eos=True))]
 
             together = await asyncio.gather(*(one(s) for s in range(5)))
             assert all(len(t) == 10 for t in together)
@@ -208,7 +236,8 @@ def test_a_probe_longer_than_a_batch_is_prefilled_in_parts(smollm2_path):
         ids = eng.tokenize_prompt(PROMPT)
         forcing = eng.tokenize(" The answer is")
         assert len(ids) < 48 < len(ids) + 30 + len(forcing)
-        cid = eng.submit(ids, [Sampling(temperature=0.8, max_tokens=30, seed=99)])[0]
+        # forced to run its 30 tokens: a seed alone gave an end-of-sequence at token 18 on an AMD EPYC
+        cid = eng.submit(ids, [Sampling(temperature=0.8, max_tokens=30, seed=99, ignore_eos=True)])[0]
         got, n = {}, 0
         while eng.n_active or eng.has_probes(cid):
             for ev in eng.step():
@@ -238,7 +267,7 @@ def test_probe_at_a_past_position_equals_the_probe_taken_then(engine):
     """A probe asked late (the chain moved on, or finished and was released) sees the same prefix."""
     ids = engine.tokenize_prompt(PROMPT)
     forcing = engine.tokenize(" The answer is")
-    s = Sampling(temperature=0.8, max_tokens=30, seed=99)
+    s = Sampling(temperature=0.8, max_tokens=30, seed=99, ignore_eos=True)  # it must reach token 10
     on_time, _ = {}, None
     cid = engine.submit(ids, [s])[0]
     n = 0

@@ -1,6 +1,10 @@
 """The OpenAI-compatible HTTP backend against a real upstream on loopback:
 ``python -m llama_cpp.server`` serving SmolLM2-135M, plus small misbehaving
-servers for the error paths."""
+servers for the error paths.
+
+llama_cpp.server ignores ``ignore_eos``, so a sampled chain's length is the
+model's (and the CPU's): tests that need tokens use greedy decoding on a prompt
+that gives them, and assert nothing about a sampled chain's length."""
 
 import asyncio
 import subprocess
@@ -54,7 +58,7 @@ def test_stream_with_logprobs_and_chat(upstream):
         be = backend(url)
         try:
             prompt = be.render_chat([{"role": "user", "content": "Name three colors."}])
-            steps = [s async for s in be.stream(prompt, Sampling(temperature=0.7, max_tokens=12, seed=3))]
+            steps = [s async for s in be.stream(prompt, Sampling(temperature=0.0, max_tokens=12))]  # greedy: mechanics
             assert 1 <= len(steps) <= 12
             for s in steps:
                 assert s.logprob <= 0 and len(s.top_logprobs) == 5
@@ -76,7 +80,9 @@ def test_n_is_detected_and_parallel_fallback(upstream):
         try:
             prompt = be.render_chat([{"role": "user", "content": "Pick a number."}])
             res = await be.sample(prompt, Sampling(temperature=1.0, max_tokens=5, seed=1), 3)
-            assert len(res) == 3 and all(r.steps for r in res)
+            # a sampled chain may draw end-of-sequence first: each ends by its stop or its length
+            assert len(res) == 3 and all(r.steps or r.finish_reason == "stop" for r in res)
+            assert all(len(r.steps) <= 5 for r in res)
             assert be.n_supported is False  # llama_cpp.server ignores n
             assert [r.seed for r in res] == [1, 2, 3]  # its one answer keeps the seed; the fallback's get their own
         finally:
@@ -114,7 +120,8 @@ def test_closing_a_stream_stops_the_upstream_generation(upstream):
         be = backend(url)
         try:
             prompt = be.render_chat([{"role": "user", "content": "Write a very long story about a dragon."}])
-            agen = be.stream(prompt, Sampling(temperature=0.8, max_tokens=3000, seed=7))
+            # greedy: the stream must reach 5 tokens whatever the CPU (a seeded sample may end sooner)
+            agen = be.stream(prompt, Sampling(temperature=0.0, max_tokens=3000))
             n = 0
             async for _ in agen:
                 n += 1

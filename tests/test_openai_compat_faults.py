@@ -209,6 +209,28 @@ def test_a_probe_is_read_and_paid_for_up_to_its_answers_end():
     assert bodies[0]["stop"] == ["\n"] and bodies[0]["temperature"] == 0.0
 
 
+def test_ignore_eos_is_sent_only_when_asked():
+    """``Sampling(ignore_eos=True)`` reaches the upstream as vLLM's and llama.cpp server's ``ignore_eos``; by
+    default the field is absent, so an upstream that rejects unknown fields (OpenAI's) never sees it."""
+    bodies = []
+    answer = {"choices": [{"text": "ok", "logprobs": {"tokens": ["ok"], "token_logprobs": [-0.5], "top_logprobs": [{"ok": -0.5}]},
+                           "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+    def handler(conn, stop):
+        bodies.append(json.loads(read_request(conn)[1]))
+        conn.sendall(_http(200, answer))
+        conn.close()
+
+    url, close = fake_upstream(handler)
+    try:
+        _run(url, lambda be: be.sample("x", Sampling(max_tokens=1, seed=7, ignore_eos=True), 1))
+        _run(url, lambda be: be.sample("x", Sampling(max_tokens=1, seed=7), 1))
+    finally:
+        close()
+    completions = [b for b in bodies if "prompt" in b]
+    assert completions[0]["ignore_eos"] is True and "ignore_eos" not in completions[-1]
+
+
 def test_bad_urls_model_lists_and_templates_are_named():
     with pytest.raises(BackendError, match="is not valid") as e:
         OpenAICompatBackend("http://127.0.0.1:99999/v1")

@@ -200,7 +200,9 @@ def test_single_chain_policy_streams_tokens_as_they_come_then_the_forced_answer(
     whole = client.chat.completions.create(model="m", messages=msgs, max_tokens=96, temperature=0.7, top_p=0.95, seed=5, extra_body=AC)
     chunks = list(client.chat.completions.create(model="m", messages=msgs, max_tokens=96, temperature=0.7, top_p=0.95, seed=5, stream=True, extra_body=AC))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
-    assert len(pieces) > 3  # token by token, not one block
+    # token by token, not one block (a sampled chain's length is the model's: only a chain that ended at
+    # once has fewer than four pieces)
+    assert len(pieces) > 3 or whole.usage.completion_tokens <= 3
     assert "".join(pieces) == whole.choices[0].message.content  # same seed, same decision, same text
     sw = chunks[-1].model_extra["stopwise"]
     assert sw == {**whole.model_extra["stopwise"]} and sw["family"] == "answer_convergence" and sw["chains"] == 1
@@ -241,15 +243,20 @@ def test_escalate_to_answers_with_the_second_backend(escalating_server):
 
     client = OpenAI(base_url=escalating_server.url + "/v1", api_key="none", max_retries=0, timeout=180)
     msgs = [{"role": "user", "content": "Name a prime number larger than 100 and explain why it is prime."}]
-    r = client.chat.completions.create(model="small", messages=msgs, temperature=0.7, top_p=0.95, seed=3)
-    sw = r.model_extra["stopwise"]
-    if not sw["escalated"]:  # the four chains agreed: nothing to escalate on this draw
-        pytest.skip("the chains agreed, so the policy answered itself")
+    # which seeds give four agreeing chains depends on the CPU and build: take the first seed whose chains
+    # disagree (four SmolLM2 chains at temperature 0.7 agree on such a question rarely; eight agreeing
+    # draws in a row would be a finding, so the test fails rather than skips)
+    for seed in range(3, 11):
+        r = client.chat.completions.create(model="small", messages=msgs, temperature=0.7, top_p=0.95, seed=seed)
+        sw = r.model_extra["stopwise"]
+        if sw["escalated"]:
+            break
+    assert sw["escalated"], "eight draws of four chains all agreed: the policy never abstained"
     assert sw["answered_by"] != "small" and "SmolLM2" in sw["answered_by"] and sw["escalation_tokens"] > 0 and not sw["abstained"]
     text = r.choices[0].message.content
     assert text and "not confident" not in text and r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.completion_tokens >= sw["escalation_tokens"]
-    stream = client.chat.completions.create(model="small", messages=msgs, temperature=0.7, top_p=0.95, seed=3, stream=True)
+    stream = client.chat.completions.create(model="small", messages=msgs, temperature=0.7, top_p=0.95, seed=seed, stream=True)
     chunks = list(stream)
     final = chunks[-1].model_extra["stopwise"]
     assert final["escalated"] and final["answered_by"] == sw["answered_by"]
@@ -274,7 +281,7 @@ def test_dead_escalation_backend_is_a_502_not_a_hang(smollm2_path, policy_files,
     run = Running(create_app(settings, backend=be), free_port())
     try:
         t0 = time.monotonic()
-        for seed in range(4):
+        for seed in range(8):  # which seeds abstain depends on the CPU: the first that does
             r = httpx.post(run.url + "/v1/chat/completions", timeout=120, json={
                 "model": "m", "messages": [{"role": "user", "content": "Is 91 prime? Answer briefly."}],
                 "temperature": 0.7, "top_p": 0.95, "seed": seed})

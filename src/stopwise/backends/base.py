@@ -65,7 +65,14 @@ class Sampling:
     """Sampling settings of one chain. ``temperature == 0`` is greedy.
 
     ``top_k == 0`` disables the top-k cut. ``seed`` makes a chain reproducible on
-    backends that honour it (the embedded backend always does).
+    backends that honour it (the embedded backend always does), on one machine and
+    one llama.cpp build: another CPU or build rounds the logits differently, and so
+    does another batch composition, so a seeded chain is not the same text elsewhere.
+
+    ``ignore_eos`` never samples an end-of-generation token: the chain runs to
+    ``max_tokens`` (or a stop string). It is vLLM's and llama.cpp server's
+    ``ignore_eos`` extension; tests use it to force a length instead of hoping a
+    seed gives one, and benchmarks to fix the decode length.
     """
 
     temperature: float = 0.7
@@ -74,9 +81,10 @@ class Sampling:
     max_tokens: int = 384
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
@@ -84,6 +92,9 @@ class Sampling:
             "seed": self.seed,
             "stop": list(self.stop),
         }
+        if self.ignore_eos:  # only when set: older provenance records stay equal
+            d["ignore_eos"] = True
+        return d
 
 
 @dataclass

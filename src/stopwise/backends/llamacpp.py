@@ -551,6 +551,10 @@ class BatchEngine:
 
     def _sample(self, c: _Chain, x: np.ndarray) -> list[EngineEvent]:
         lse, top_ids, top_lp, ent, conf, cand_ids, cand_logits = logit_stats(x)
+        if c.sampling.ignore_eos:  # drawn as if end-of-generation were not in the vocabulary; recorded figures unchanged
+            keep = ~self._eog[cand_ids]
+            cand_ids, cand_logits = cand_ids[keep], cand_logits[keep]
+            x = np.where(self._eog, np.float32(-np.inf), x)
         tok = sample_token(cand_ids, cand_logits, c.sampling, c.rng, logits=x)
         if self._eog[tok]:
             c.finished = "stop"

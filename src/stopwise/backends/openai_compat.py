@@ -429,6 +429,8 @@ class OpenAICompatBackend(Backend):
             body["seed"] = sampling.seed
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.ignore_eos:  # vLLM's, SGLang's and llama.cpp server's extension; sent only when asked
+            body["ignore_eos"] = True
         return body
 
     def _sse_line(self, line: bytes, what: str) -> Any:
@@ -555,6 +557,8 @@ class OpenAICompatBackend(Backend):
         }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
+        if sampling.ignore_eos:
+            body["ignore_eos"] = True
         events = self._sse("/chat/completions", body, "POST /v1/chat/completions")
         try:
             async for obj in events:
