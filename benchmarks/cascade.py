@@ -73,13 +73,27 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--large-model", default="embedded-1.5b")
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weak-token-price", type=float, default=None,
+                    help="a small-model token's price in large-model tokens (default 0.32, the parameter ratio; 1 for one model)")
     ap.add_argument("--out", default=str(RESULTS / "cascade.json"))
     args = ap.parse_args(argv)
 
+    from stopwise.errors import ConfigError
+
     small, large = read_trace_set(args.small), read_trace_set(args.large)
-    doc = cascade_policy(small, large, chains=args.chains, epsilon=args.epsilon, delta=args.delta)
-    trace = trace_cascade(pair_trace_sets(small, large, chains=args.chains), score="vote_margin", epsilon=args.epsilon, delta=args.delta)
+    trace = trace_cascade(pair_trace_sets(small, large, chains=args.chains), score="vote_margin", epsilon=args.epsilon,
+                          delta=args.delta, weak_token_price=args.weak_token_price)
     trace.pop("curve", None)
+    try:
+        doc = cascade_policy(small, large, chains=args.chains, epsilon=args.epsilon, delta=args.delta,
+                             weak_token_price=args.weak_token_price)
+    except ConfigError as exc:  # nothing certified, or no certified cascade pays: nothing to serve, and it says so
+        res = {"benchmark": "cascade", "command": command_line(), "decision": str(exc), "served": False,
+               "epsilon": args.epsilon, "delta": args.delta, "chains": args.chains, "traces": [small.name, large.name],
+               "trace_figures_test_half": trace, "machine": machine()}
+        print(f"nothing served: {exc}")
+        write_result(args.out, res)
+        return res
     smoke = args.small_model != "embedded" or args.large_model != "embedded-1.5b"
     if smoke:  # the certificate does not cover other models: mark the policy uncertified rather than refuse
         doc["conditions"].update(model=None, model_sha256=None)

@@ -19,7 +19,10 @@ def test_cascade_smoke(tmp_path, smollm2_path):
     pair = str(bundled_path("gsm8k_qwen05"))  # the set paired with itself: certifies, and every question is in both
     r = subprocess.run([sys.executable, str(SCRIPT), "--small", pair, "--large", pair, "--small-model", "smollm2",
                         "--large-model", "smollm2", "--questions", "2", "--max-tokens", "32", "--epsilon", "0.2",
-                        "--out", str(out)], capture_output=True, text=True, timeout=900)
+                        # one set stands in for both models: price a small-model token at a tenth, so that two small
+                        # chains cost less than one large one and the certified cascade pays (at the default price
+                        # of one model, 1, it never can, and nothing is served)
+                        "--weak-token-price", "0.1", "--out", str(out)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(out.read_text())
     assert doc["smoke"] and doc["certificate"]["certified"] and doc["chains"] == 2

@@ -90,6 +90,42 @@ def test_calibrate_writes_policy_file_and_replay(tmp_path):
     assert "tokens saved" in r.stdout
 
 
+def test_a_certified_rule_that_costs_more_than_full_compute_is_not_deployed(tmp_path):
+    """chain_sum_qwen05: answer_convergence is certified, but its forced-answer probes cost more than the chain
+    saves (plain LTT's setting cost 61.6% more than full compute on the test half). calibrate says so, writes full
+    compute, and serve refuses the file; --select aggressive still gives plain Learn-then-Test's choice."""
+    pf = tmp_path / "ac.json"
+    r = run("calibrate", "--traces", bundled_path("chain_sum_qwen05"), "--policy", "answer_convergence", "--out", pf)
+    assert "no saving: keep full compute" in " ".join(r.stdout.split())
+    doc = json.loads(pf.read_text())
+    sel = doc["selection"]
+    assert doc["index"] is None and doc["certificate"]["certified"] and sel["decision"] == "no saving: keep full compute"
+    assert sel["certified_up_to_index"] is not None and sel["full_compute_cost_per_question"] > 0
+    r = run("serve", "--policy", pf, "--port", "0", check=False)
+    assert r.returncode != 0 and "cost more than full compute" in " ".join(r.stderr.split())
+    agg = tmp_path / "agg.json"
+    run("calibrate", "--traces", bundled_path("chain_sum_qwen05"), "--policy", "answer_convergence", "--select", "aggressive", "--out", agg)
+    d2 = json.loads(agg.read_text())
+    assert d2["index"] == sel["certified_up_to_index"] and d2["selection"]["calibration_saved"] < 0
+
+
+def test_bench_deploys_only_what_pays_and_recommends_one_row(tmp_path):
+    """The bundled logprob corpora, where forced-answer probes cost about as much as the chain: no certified row
+    loses tokens on the test half, and each set has exactly one recommended row, chosen on the calibration half."""
+    out = tmp_path / "rows.json"
+    r = run("bench", "--traces", bundled_path("chain_sum_qwen05"), "--traces", bundled_path("gsm8k_qwen05"), "--json", out)
+    rows = json.loads(out.read_text())
+    for name in ("chain_sum_qwen05", "gsm8k_qwen05"):
+        rs = [x for x in rows if x["trace_set"] == name]
+        assert not [x["policy"] for x in rs if x["certified"] and x["tokens_saved"] < -0.01]
+        rec = [x for x in rs if x["recommended"]]
+        assert len(rec) == 1 and rec[0]["calibration_saved"] == max(x["calibration_saved"] for x in rs if x["certified"])
+        assert any(x["policy"] == "full_compute" and x["certified"] and x["tokens_saved"] == 0 for x in rs)
+        # the families whose certified settings all lose are shown as such, not as a losing row
+        assert any(x["decision"] == "no saving: keep full compute" and not x["certified"] and x["tokens_saved"] == 0 for x in rs)
+    assert "recommended" in r.stdout and "no saving" in r.stdout
+
+
 def test_unknown_policy_and_unsupported_policy_exit_2(tmp_path):
     r = run("calibrate", "--traces", bundled_path("r1_gsm8k"), "--policy", "answer_convergnce", "--out", tmp_path / "p.json", check=False)
     assert r.returncode == 2 and "did you mean 'answer_convergence'" in r.stderr

@@ -106,11 +106,19 @@ def test_trace_cascade_certifies_and_reports_costs():
 
     small, large = _synthetic_pair(200)
     pair = pair_trace_sets(small, large)
-    r = trace_cascade(pair, score="vote_share", epsilon=0.1, delta=0.1, weak_token_price=0.5)
-    assert r["n_calibration"] + r["n_test"] == 200
-    # cost = 0.5 x small tokens + large tokens of the escalated questions, in large-model tokens
-    assert r["cost"] == pytest.approx(0.5 * r["tokens_weak"] + r["tokens_cascade_strong"])
+    # four small chains cost 4x the large model's one: at half the price per token, every certified threshold
+    # costs more than the large model alone on the calibration half, so nothing is deployed
+    dear = trace_cascade(pair, score="vote_share", epsilon=0.1, delta=0.1, weak_token_price=0.5)
+    assert dear["certified_up_to"] is not None and not dear["certified"] and dear["threshold"] is None
+    assert dear["decision"] == "no saving: always use the large model"
+    assert dear["cost"] == pytest.approx(dear["tokens_strong"]) and dear["escalated"] == 1.0 and dear["accuracy_loss"] == 0.0
+    r = trace_cascade(pair, score="vote_share", epsilon=0.1, delta=0.1, weak_token_price=0.01)
+    assert r["certified"] and r["n_calibration"] + r["n_test"] == 200
+    # cost = 0.01 x small tokens + large tokens of the escalated questions, in large-model tokens
+    assert r["cost"] == pytest.approx(0.01 * r["tokens_weak"] + r["tokens_cascade_strong"])
     assert r["tokens_cascade_strong"] <= r["tokens_strong"] and 0.0 <= r["escalated"] <= 1.0
+    # the cheapest certified threshold: no more aggressive than the last one certified
+    assert r["threshold"] >= r["certified_up_to"]
     curve = r["curve"]
     assert curve["accuracy"][0] == pytest.approx(r["accuracy_strong"]) and curve["cost"][0] == pytest.approx(r["cost_weak"] + r["cost_strong"])
     # the oracle escalates exactly where only the large model is right: never a loss, never a useless escalation
@@ -128,7 +136,10 @@ def test_cascade_policy_file_loads_in_the_server_and_refuses_when_nothing_is_cer
     from stopwise.traces.synthetic import synthetic_trace_set
 
     small, large = _synthetic_pair(400)
-    doc = cascade_policy(small, large, chains=4, epsilon=0.2)
+    # four small chains at 0.32 of a large token each cost more than the large model alone: nothing is deployed
+    with pytest.raises(ConfigError, match="no saving: every certified keep-threshold .* costs more than the large model alone"):
+        cascade_policy(small, large, chains=4, epsilon=0.2)
+    doc = cascade_policy(small, large, chains=4, epsilon=0.2, weak_token_price=0.02)
     assert doc["family"] == "vote_margin_abstain" and doc["risk"] == "accuracy_loss_vs_large"
     assert doc["certificate"]["certified"] and doc["cascade"]["chains"] == 4
     assert doc["threshold"] == doc["grid"][doc["index"]]

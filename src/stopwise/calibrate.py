@@ -30,6 +30,7 @@ Risks
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 
 from stopwise.errors import ConfigError, UnknownNameError
 from stopwise.policies.base import ReplayResult, unit_losses
-from stopwise.stats import Certificate, conformal_risk_control, learn_then_test
+from stopwise.stats import Certificate, cheapest_certified, conformal_risk_control, learn_then_test
 from stopwise.stats.pvalues import binomial_pvalue
 from stopwise.stats.ltt import fixed_sequence
 
@@ -88,9 +89,24 @@ def question_mean(values: np.ndarray, unit_question: np.ndarray, n_questions: in
     return sums[has] / counts[has].reshape((-1,) + (1,) * (values.ndim - 1))
 
 
+KEEP_FULL = "no saving: keep full compute"
+
+
 @dataclass
 class Calibration:
-    """The outcome of calibrating one family on one calibration split."""
+    """The outcome of calibrating one family on one calibration split.
+
+    ``index`` is the setting to deploy: the cheapest certified one on the
+    calibration data (``select="cost"``) or the most aggressive certified one
+    (``select="aggressive"``, plain Learn-then-Test). It is ``None`` when
+    nothing was certified, and also when certified settings exist but none
+    costs less than full compute on the calibration data (``keep_full``): then
+    the recommendation is to keep full compute. ``certified_index`` is the last
+    setting fixed-sequence testing certified, whatever was chosen.
+    ``costs`` and ``full_cost`` are the expected cost per question on the
+    calibration data (generated plus probe tokens, plus ``latency_weight``
+    times the latency in tokens) of each setting and of full compute.
+    """
 
     family: str
     risk: str
@@ -101,10 +117,52 @@ class Calibration:
     risks: np.ndarray
     coverage: np.ndarray | None = None  # share answered per grid point (selective risk)
     notes: list[str] = field(default_factory=list)
+    certified_index: int | None = None
+    costs: np.ndarray | None = None
+    full_cost: float | None = None
+    select: str = "cost"
 
     @property
     def certified(self) -> bool:
-        return self.certificate.certified
+        """Whether a certified setting is deployed (False when nothing was certified or nothing pays)."""
+        return self.certificate.certified and self.index is not None
+
+    @property
+    def keep_full(self) -> bool:
+        """Certified settings exist, but none costs less than full compute on the calibration data."""
+        return self.certificate.certified and self.index is None
+
+    @property
+    def calibration_saved(self) -> float:
+        """The share of full-compute cost the deployed setting saves on the calibration data (0: full compute)."""
+        if self.index is None or self.costs is None or not self.full_cost:
+            return 0.0
+        return float(1.0 - self.costs[self.index] / self.full_cost)
+
+    @property
+    def decision(self) -> str:
+        """In words: the setting deployed, or why none is."""
+        if self.index is not None:
+            return f"deploy {self.family} at {self.threshold:g}"
+        return KEEP_FULL if self.keep_full else "nothing certified: keep full compute"
+
+
+SELECT_MODES = ("cost", "aggressive")
+
+
+def calibration_costs(result: ReplayResult, n_questions: int, latency_weight: float = 0.0) -> tuple[np.ndarray, float]:
+    """Expected cost per question of each grid point and of full compute, over the units of ``result``.
+
+    Cost is generated plus probe tokens (what the live driver spends), plus ``latency_weight`` times the
+    latency in tokens (the longest live chain, probes included) for a user who also pays for wall-clock.
+    Each question weighs the same; a question's cost is the sum over its units.
+    """
+    uq = result.unit_question
+    has = np.bincount(uq, minlength=n_questions) > 0
+    nq = max(int(has.sum()), 1)
+    cost = result.cost.astype(float) + latency_weight * result.latency.astype(float)
+    full = result.cost_full.astype(float) + latency_weight * result.latency_full.astype(float)
+    return cost.sum(axis=0) / nq, float(full.sum()) / nq
 
 
 def calibrate_losses(
@@ -161,8 +219,22 @@ def calibrate_family(
     chain_mode: str = "mean",
     seed: int = 0,
     guarantee: str = "pac",
+    select: str = "cost",
+    latency_weight: float = 0.0,
 ) -> Calibration:
-    """Calibrate a replayed family on the questions in ``calib_questions`` (a boolean mask over questions)."""
+    """Calibrate a replayed family on the questions in ``calib_questions`` (a boolean mask over questions).
+
+    ``select="cost"`` (the default) deploys the cheapest certified setting on the calibration questions,
+    with full compute always a candidate (see :func:`stopwise.stats.cheapest_certified`): a setting that
+    costs more than full compute is never deployed. ``select="aggressive"`` is plain Learn-then-Test, the
+    most aggressive certified setting, whatever it costs. For the selective risk (abstention trades
+    coverage, not tokens) and conformal risk control (whose guarantee holds for its own setting only),
+    the setting is the procedure's own, and it is still replaced by full compute where it does not pay.
+    """
+    if select not in SELECT_MODES:
+        raise UnknownNameError("selection", select, SELECT_MODES)
+    if latency_weight < 0:
+        raise ConfigError(f"latency weight {latency_weight} is negative", hint="give a weight >= 0 (tokens per token of latency)")
     losses = unit_losses(result, risk)
     keep = calib_questions[result.unit_question]
     sub = subset_result(result, keep)
@@ -178,8 +250,20 @@ def calibrate_family(
         q_losses, risk=risk, epsilon=epsilon, delta=delta, method=method,
         k_policies=k_policies, guarantee=guarantee, answered=answered,
     )
-    threshold = None if index is None else float(result.grid[index])
-    return Calibration(result.family, risk, index, threshold, cert, p, risks, coverage)
+    costs, full_cost = calibration_costs(sub, n_questions, latency_weight)
+    chosen = index
+    if index is not None:
+        if select == "cost" and guarantee == "pac" and risk != "selective":
+            chosen = cheapest_certified(costs, index, full_cost)
+        elif select == "cost" and risk != "selective" and not costs[index] < full_cost:
+            chosen = None  # the procedure's own setting does not pay
+    if chosen is not None and chosen != index:
+        cert = dataclasses.replace(cert, index=chosen, empirical_risk=float(risks[chosen]),
+                                   p_value=None if cert.p_value is None else float(p[chosen]))
+    threshold = None if chosen is None else float(result.grid[chosen])
+    notes = [KEEP_FULL] if index is not None and chosen is None else []
+    return Calibration(result.family, risk, chosen, threshold, cert, p, risks, coverage, notes,
+                       certified_index=index, costs=costs, full_cost=full_cost, select=select)
 
 
 def subset_result(result: ReplayResult, keep: np.ndarray) -> ReplayResult:
@@ -212,6 +296,16 @@ def policy_file(family: Any, calibration: Calibration, ts: Any, *, risk: str, ch
         "grid": [float(x) for x in family.grid],
         "index": calibration.index,
         "threshold": calibration.threshold,
+        # how the deployed setting was chosen among the certified ones, and what it costs
+        "selection": {
+            "mode": calibration.select,
+            "decision": calibration.decision,
+            "certified_up_to_index": calibration.certified_index,
+            "calibration_cost_per_question": None if calibration.index is None or calibration.costs is None
+            else float(calibration.costs[calibration.index]),
+            "full_compute_cost_per_question": calibration.full_cost,
+            "calibration_saved": calibration.calibration_saved,
+        },
         "risk": risk,
         "chain_mode": chain_mode,
         "certificate": calibration.certificate.to_dict(),

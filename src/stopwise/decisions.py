@@ -33,6 +33,7 @@ def _abstention(ts, epsilon: float, delta: float) -> list[dict[str, Any]]:  # no
 
     return [{
         "kind": "abstention", "data": ts.name, "method": r["score"], "certified": r["certified"], "threshold": r["threshold"],
+        "decision": r["decision"], "calibration_coverage": r["calibration_coverage"],
         "guarantee": f"error among answered <= {epsilon} with probability >= {1 - delta} (LTT, selective risk)",
         "n_calibration": r["n_calibration"], "n_test": r["n_test"], "coverage": r["coverage"],
         "selective_risk": r["selective_risk"], "error_all": r["error_all"], "auroc": r["auroc"], "curve": r["full_curve"],
@@ -52,13 +53,14 @@ def _sets_and_selection(ts, alpha: float, q: float) -> list[dict[str, Any]]:  # 
          "answered_share": s["answered_share"], "answered_accuracy": s["answered_accuracy"]},
         {"kind": "selection", "data": ts.name, "method": sel["score"], "certified": True, "threshold": None,
          "guarantee": f"FDR <= {q:g} among released answers, in expectation (conformal p-values + BH; marginal)",
+         "decision": "release nothing" if not sel["released_share"] else f"release {sel['released_share']:.1%} of answers",
          "n_calibration": sel["n_calibration"], "n_test": sel["n_test"], "released_share": sel["released_share"],
          "fdp": sel["test_fdp"], "accuracy_all": sel["accuracy_all"]},
     ]
 
 
 def _cascade_row(r: dict[str, Any], method: str) -> dict[str, Any]:
-    keep = ("certified", "threshold", "guarantee", "n_calibration", "n_test", "accuracy_cascade", "accuracy_strong",
+    keep = ("certified", "threshold", "decision", "guarantee", "n_calibration", "n_test", "accuracy_cascade", "accuracy_strong",
             "accuracy_weak", "accuracy_loss", "escalated", "cost", "cost_strong", "cost_weak", "oracle_escalated", "accuracy_oracle",
             "oracle_cost", "router_auroc", "cost_unit", "curve")
     return {"kind": "cascade", "data": r["data"], "method": method, **{k: r[k] for k in keep},

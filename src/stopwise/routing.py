@@ -29,6 +29,7 @@ is right.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import re
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from stopwise.calibrate import calibrate_losses
+from stopwise.stats.ltt import cheapest_certified
 from stopwise.errors import ConfigError, TraceFormatError
 from stopwise.stats.ranking import auroc
 from stopwise.stats.split import TRAIN_FRACTION, split_mask, training_mask
@@ -233,21 +235,37 @@ def certify_cascade(
     weak_ok, strong_ok = np.asarray(weak_ok, dtype=bool), np.asarray(strong_ok, dtype=bool)
     loss, kept = cascade_losses(weak_ok, strong_ok, scores)
     index, cert, _, _ = calibrate_losses(loss[calib], risk="accuracy", epsilon=epsilon, delta=delta, method="binomial")
-    j = 0 if index is None else index
-    wc = np.broadcast_to(np.asarray(weak_cost, dtype=np.float64), weak_ok.shape)[test]
-    sc = np.broadcast_to(np.asarray(strong_cost, dtype=np.float64), weak_ok.shape)[test]
+    wc_all = np.broadcast_to(np.asarray(weak_cost, dtype=np.float64), weak_ok.shape)
+    sc_all = np.broadcast_to(np.asarray(strong_cost, dtype=np.float64), weak_ok.shape)
+    # the cheapest certified threshold on the calibration questions; always-large (risk 0) is a candidate,
+    # so a cascade that costs more than the large model alone is never deployed
+    cal_cost = (wc_all[calib][:, None] + np.where(kept[calib], 0.0, sc_all[calib][:, None])).mean(axis=0)
+    chosen = cheapest_certified(cal_cost, index, float(sc_all[calib].mean()) if np.any(calib) else 0.0)
+    pays = chosen is not None
+    j = chosen if pays else 0
+    wc, sc = wc_all[test], sc_all[test]
     w, s, k = weak_ok[test], strong_ok[test], kept[test]
     acc_curve = np.where(k, w[:, None], s[:, None]).mean(axis=0)
     cost_curve = (wc[:, None] + np.where(k, 0.0, sc[:, None])).mean(axis=0)
     oracle_escalate = ~w & s
     strong_mean = float(sc.mean()) if len(sc) else float("nan")
+    if cert.certified and not pays:
+        decision = "no saving: always use the large model"
+    elif not cert.certified:
+        decision = "nothing certified: always use the large model"
+    else:
+        decision = f"cascade at threshold {GRID[j]:g}"
     return {
-        "epsilon": epsilon, "delta": delta, "certified": cert.certified, "threshold": GRID[j],
+        "epsilon": epsilon, "delta": delta, "certified": pays, "threshold": GRID[j] if pays else None,
+        "decision": decision, "certified_up_to": None if index is None else GRID[index],
         "n_calibration": int(np.sum(calib)), "n_test": int(np.sum(test)),
-        "accuracy_cascade": float(acc_curve[j]), "accuracy_strong": float(s.mean()), "accuracy_weak": float(w.mean()),
-        "accuracy_loss": float(s.mean() - acc_curve[j]), "test_risk": float(loss[test, j].mean()),
-        "escalated": float((~k[:, j]).mean()), "cost": float(cost_curve[j]), "cost_strong": strong_mean,
-        "cost_strong_cascade": float(np.where(k[:, j], 0.0, sc).mean()) if len(sc) else float("nan"),
+        # where nothing pays, the deployed rule is the large model alone: its accuracy and cost
+        "accuracy_cascade": float(acc_curve[j]) if pays else float(s.mean()), "accuracy_strong": float(s.mean()),
+        "accuracy_weak": float(w.mean()),
+        "accuracy_loss": float(s.mean() - acc_curve[j]) if pays else 0.0, "test_risk": float(loss[test, j].mean()) if pays else 0.0,
+        "escalated": float((~k[:, j]).mean()) if pays else 1.0, "cost": float(cost_curve[j]) if pays else strong_mean,
+        "cost_strong": strong_mean,
+        "cost_strong_cascade": (float(np.where(k[:, j], 0.0, sc).mean()) if pays else strong_mean) if len(sc) else float("nan"),
         "cost_weak": float(wc.mean()) if len(wc) else float("nan"),
         "oracle_escalated": float(oracle_escalate.mean()), "accuracy_oracle": float((w | s).mean()),
         "oracle_cost": float((wc + np.where(oracle_escalate, sc, 0.0)).mean()) if len(wc) else float("nan"),
@@ -448,7 +466,8 @@ def validate_trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05
     return rows
 
 
-def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: float = 0.1) -> dict[str, Any]:  # noqa: ANN001
+def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: float = 0.1,  # noqa: ANN001
+                   weak_token_price: float | None = None) -> dict[str, Any]:
     """A policy file that serves the certified small-to-large cascade with ``stopwise serve --escalate-to``.
 
     The rule runs on the small model as the ``vote_margin_abstain`` family over
@@ -456,8 +475,11 @@ def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: f
     the threshold and otherwise abstains, which the server turns into an
     escalation. The threshold is certified on the pair's calibration half over
     the family's own grid, tested from the safe end (always escalate) down, on
-    the accuracy lost against always asking the large model. Raises when no
-    threshold is certified (then serve the large model alone).
+    the accuracy lost against always asking the large model; the threshold
+    deployed is the cheapest certified one on the calibration half (cost in
+    large-model tokens, a small-model token at ``weak_token_price``). Raises when
+    no threshold is certified, or when none costs less than the large model alone
+    (then serve the large model alone).
     """
     from stopwise.calibrate import Calibration, policy_file
     from stopwise.policies.registry import get_family
@@ -479,6 +501,20 @@ def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: f
         raise ConfigError(f"no keep-threshold of the cascade {pair.name} is certified at epsilon {epsilon} (delta {delta}) "
                           f"on {int(calib.sum())} calibration questions: always escalating is the only safe rule",
                           hint="serve the large model alone, or certify at a larger epsilon or on more questions")
+    if weak_token_price is None:
+        weak_token_price = 1.0 if pair.same_model else DEFAULT_WEAK_TOKEN_PRICE
+    weak_cost = weak_token_price * pair.weak_tokens[calib]
+    strong_cost = pair.strong_tokens[calib]
+    cal_cost = (weak_cost[:, None] + np.where(kept[calib], 0.0, strong_cost[:, None])).mean(axis=0)
+    cal_cost[0] = strong_cost.mean()  # "always escalate" is served as the large model alone, no small chains
+    chosen = cheapest_certified(cal_cost[1:], index - 1, float(strong_cost.mean()))
+    if chosen is None:
+        raise ConfigError(f"no saving: every certified keep-threshold of the cascade {pair.name} costs more than the large "
+                          f"model alone on the calibration half ({cal_cost[1:index + 1].min():,.0f} against "
+                          f"{strong_cost.mean():,.0f} large-model tokens per question, a small-model token at {weak_token_price:g})",
+                          hint="serve the large model alone (always use the large model), or use fewer small-model chains")
+    index = chosen + 1
+    cert = dataclasses.replace(cert, index=index, empirical_risk=float(risks[index]), p_value=float(p[index]))
     threshold = grid[index]
     small_k = subset_trace_set(small, pair.question_ids, chains)
     cal = Calibration(fam.name, "accuracy_loss_vs_large", fam_grid.index(threshold), threshold, cert, p, risks)

@@ -186,7 +186,12 @@ def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: i
         risk = np.where(ans_t.sum(axis=0) > 0, (ans_t & wrong[test][:, None]).sum(axis=0) / np.maximum(ans_t.sum(axis=0), 1), 0.0)
         rows.append({
             "trace_set": ts.name, "score": name, "auroc": auroc(s[test], ~wrong[test]), "epsilon": epsilon, "delta": delta,
-            "certified": j is not None, "threshold": None if j is None else float(grid[j]),
+            "certified": j is not None and bool(answered[cal][:, j].any()), "threshold": None if j is None else float(grid[j]),
+            # a certified threshold that answers no calibration question is no rule: say so instead of a row at 0%
+            "decision": "nothing certified: answer nothing" if j is None else (
+                "answers nothing: no useful abstention rule at this epsilon" if not answered[cal][:, j].any()
+                else f"answer when {name} >= {float(grid[j]):.4g}"),
+            "calibration_coverage": 0.0 if j is None else float(answered[cal][:, j].mean()),
             "coverage": 0.0 if j is None else float(cov[j]), "selective_risk": 0.0 if j is None else float(risk[j]),
             "error_all": float(wrong[test].mean()) if test.any() else float("nan"),
             "curve": {"coverage": cov.tolist(), "risk": risk.tolist()},

@@ -436,14 +436,22 @@ def replay_cmd(traces, policy, risk, settings_from, json_out) -> None:  # noqa: 
 @click.option("--chain-mode", default="mean", show_default=True, type=click.Choice(["mean", "draw"]))
 @click.option("--k-policies", default=1, show_default=True, type=click.IntRange(1), help="How many policies you will choose among on this data (certifies at delta/K).")
 @click.option("--all-questions", is_flag=True, help="Calibrate on every question instead of the hashed calibration half.")
+@click.option("--select", "select", default="cost", show_default=True, type=click.Choice(["cost", "aggressive"]),
+              help="cost: the cheapest certified setting on the calibration questions, full compute when none pays; "
+                   "aggressive: the most aggressive certified setting, whatever it costs.")
+@click.option("--latency-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="--select cost: add this many tokens of cost per token of latency (the longest live chain).")
 @_settings_from
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Policy file (JSON) to write.")
-def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_mode, k_policies, all_questions, settings_from, out) -> None:  # noqa: ANN001
-    """Certify the most aggressive setting of a family and write a policy file.
+def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_mode, k_policies, all_questions, select, latency_weight,  # noqa: ANN001
+                  settings_from, out) -> None:
+    """Certify a family's settings and write a policy file with the cheapest certified one.
 
-    A family that learns (learned_exit) is first fitted on the set's training role,
-    unless --settings-from gives it a fitted model; the questions it learned from
-    are left out of calibration.
+    Fixed-sequence testing certifies a set of settings at once; the one deployed is
+    the cheapest of them on the calibration questions (generated plus probe tokens),
+    and full compute when none costs less. A family that learns (learned_exit) is
+    first fitted on the set's training role, unless --settings-from gives it a
+    fitted model; the questions it learned from are left out of calibration.
     """
     import numpy as np
 
@@ -461,7 +469,7 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
         mask &= ~trained
     res = fam.replay(ts)
     cal = calibrate_family(res, mask, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta, k_policies=k_policies,
-                           chain_mode=chain_mode, seed=seed, guarantee=guarantee)
+                           chain_mode=chain_mode, seed=seed, guarantee=guarantee, select=select, latency_weight=latency_weight)
     doc = policy_file(fam, cal, ts, risk=risk, chain_mode=chain_mode)
     doc["calibration_questions"] = ("all" if all_questions else "hashed calibration half (stopwise.stats.split)") + (
         f", less the {int(trained.sum())} questions the family learned from" if trained is not None and trained.any() else "")
@@ -471,9 +479,15 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
     min_eps = min_certifiable_epsilon(int(mask.sum()), delta / k_policies)
     console.print(f"{ts.name}: smallest certifiable epsilon with {int(mask.sum())} questions at delta {delta}/{k_policies}: {min_eps:.3f}"
                   + ("  [bold red](too small for the requested epsilon)[/]" if min_eps > epsilon else ""))
-    if c.certified:
+    if cal.certified:
         console.print(f"[green]certified[/] {policy} at {fam.knob}={cal.threshold:g} (grid index {cal.index}): "
-                      f"{c.guarantee} risk<={epsilon} (empirical {c.empirical_risk:.4f}, n={c.n}, p={c.p_value if c.p_value is not None else float('nan'):.3g}); wrote {out}")
+                      f"{c.guarantee} risk<={epsilon} (empirical {c.empirical_risk:.4f}, n={c.n}, p={c.p_value if c.p_value is not None else float('nan'):.3g}); "
+                      f"saves {cal.calibration_saved:.1%} of full compute on the calibration questions; wrote {out}")
+    elif cal.keep_full:
+        cheapest = float(np.min(cal.costs[: cal.certified_index + 1]))
+        console.print(f"[yellow]no saving: keep full compute[/]: {policy} is certified up to {fam.knob}="
+                      f"{float(res.grid[cal.certified_index]):g}, but its cheapest certified setting costs {cheapest:,.0f} tokens per "
+                      f"question against {cal.full_cost:,.0f} for full compute (probes included); the policy file deploys full compute; wrote {out}")
     else:
         console.print(f"[yellow]not certified[/]: even the safest setting of {policy} fails the test; the policy file falls back to full compute; wrote {out}")
 
@@ -748,10 +762,12 @@ def route_cmd(data_path, weak, strong, small, large, chains, large_chains, score
         raise click.UsageError("give either --data CSV or both --small DIR and --large DIR")
     if data_path is not None:
         r = cascade(load_routing_data(data_path, weak=weak, strong=strong), epsilon=epsilon, delta=delta, weak_cost=weak_cost)
-        status = "[green]certified[/]" if r["certified"] else "[yellow]not certified (always escalate)[/]"
         console.print(f"{r['data']}: {r['weak']} -> {r['strong']}; router fitted on {r['n_train']} questions "
                       f"(AUROC {r['router_auroc']:.3f} on the test half), threshold calibrated on {r['n_calibration']}")
-        console.print(f"{status} keep the weak answer when P(weak right) >= {r['threshold']:g}: {r['guarantee']}")
+        if r["certified"]:
+            console.print(f"[green]certified[/] keep the weak answer when P(weak right) >= {r['threshold']:g}: {r['guarantee']}")
+        else:
+            console.print(f"[yellow]{r['decision']}[/] ({r['guarantee']})")
         console.print(f"test half ({r['n_test']} questions): accuracy {100 * r['accuracy_cascade']:.1f}% vs always-strong "
                       f"{100 * r['accuracy_strong']:.1f}% (loss {100 * r['accuracy_loss']:.1f} points), escalated "
                       f"{100 * r['escalated']:.1f}%, cost {r['cost']:.3f} of always-strong (oracle router: escalates "
@@ -774,7 +790,8 @@ def route_cmd(data_path, weak, strong, small, large, chains, large_chains, score
     if policy_out:
         from stopwise.routing import cascade_policy
 
-        doc = cascade_policy(read_trace_set(small), read_trace_set(large), chains=chains or pair.chains, epsilon=epsilon, delta=delta)
+        doc = cascade_policy(read_trace_set(small), read_trace_set(large), chains=chains or pair.chains, epsilon=epsilon, delta=delta,
+                             weak_token_price=weak_token_price)
         _write_json(policy_out, doc)
         console.print(f"policy written to {policy_out}: keep the small model's vote when its margin over {doc['cascade']['chains']} "
                       f"chains is >= {doc['threshold']:g}, else escalate; serve it with: stopwise serve --policy {policy_out} "

@@ -68,9 +68,17 @@ def render_bench(console: Console, benches: list[Any], *, risk: str, epsilon: fl
         for col in ("policy", "setting", "certified", "test risk", "acc full", "acc policy", "tokens saved", "chains saved", "oracle frac"):
             t.add_column(col, justify="right" if col != "policy" else "left")
         for r in sb.rows:
-            t.add_row(r.policy, _f(r.threshold), _f(r.certified), _f(r.test_risk, True), _f(r.accuracy_full, True),
+            # a family whose certified settings all cost more than full compute deploys nothing: "no saving"
+            cert = "no saving" if r.decision.startswith("no saving") else _f(r.certified)
+            name = f"[bold]{r.policy} *[/]" if r.recommended else r.policy
+            t.add_row(name, _f(r.threshold), cert, _f(r.test_risk, True), _f(r.accuracy_full, True),
                       _f(r.accuracy_policy, True), _f(r.tokens_saved, True), _f(r.chains_saved, True), _f(r.oracle_fraction, True))
         console.print(t)
+        rec = next((r for r in sb.rows if r.recommended), None)
+        if rec is not None:
+            console.print("  * recommended (largest saving on the calibration half among certified rows): "
+                          + ("no saving: keep full compute" if rec.policy == "full_compute"
+                             else f"{rec.policy} at {_f(rec.threshold)}, {_f(rec.calibration_saved, True)} saved on the calibration half"))
         o = sb.oracle
         if o:
             console.print("  epsilon-oracle (hindsight, test half): " + ", ".join(f"{k}-chain stops save {_f(v.get('saved'), True)}" for k, v in o.items()))
@@ -142,7 +150,8 @@ def render_cascades(console: Console, rows: list[dict[str, Any]]) -> None:
                 "escalated", "tokens small", "tokens large", "cost", "cost always-large", "oracle escalated", "oracle cost"):
         t.add_column(col, justify="left" if col == "score" else "right")
     for r in rows:
-        t.add_row(r["score"], str(r["chains"]), "yes" if r["certified"] else "no", f"{r['threshold']:g}",
+        t.add_row(r["score"], str(r["chains"]), "yes" if r["certified"] else escape(r.get("decision", "no")),
+                  "-" if r["threshold"] is None else f"{r['threshold']:g}",
                   "-" if r["router_auroc"] is None else f"{r['router_auroc']:.3f}", _pct(r["accuracy_cascade"]),
                   _pct(r["accuracy_strong"]), _pct(r["escalated"]), f"{r['tokens_weak']:.0f}",
                   f"{r['tokens_cascade_strong']:.0f}", f"{r['cost']:.0f}", f"{r['cost_strong']:.0f}",
@@ -176,7 +185,10 @@ def render_decisions(console: Console, rows: list[dict[str, Any]], *, epsilon: f
         t.add_column(col, justify="left")
     for r in rows:
         k = r["kind"]
-        if k == "abstention":
+        if k == "abstention" and not r["certified"]:
+            res = escape(r["decision"]) + (f" (AUROC {r['auroc']:.3f})" if r["auroc"] is not None else "")
+            ref = f"error if all answered {_pct(r['error_all'])}"
+        elif k == "abstention":
             res = (f"coverage {_pct(r['coverage'])} at error {_pct(r['selective_risk'])}"
                    + (f", AUROC {r['auroc']:.3f}" if r["auroc"] is not None else ""))
             ref = f"error if all answered {_pct(r['error_all'])}"
@@ -185,8 +197,11 @@ def render_decisions(console: Console, rows: list[dict[str, Any]], *, epsilon: f
                    + ("" if r.get("answered_accuracy") is None else f" at {_pct(r['answered_accuracy'])} accuracy"))
             ref = f"'none of these' in {_pct(r['none_share'])}"
         elif k == "selection":
-            res = f"released {_pct(r['released_share'])}, FDP {r['fdp']:.3f}"
+            res = "release nothing" if not r["released_share"] else f"released {_pct(r['released_share'])}, FDP {r['fdp']:.3f}"
             ref = f"accuracy of all {_pct(r['accuracy_all'])}"
+        elif not r["certified"]:
+            res = escape(r["decision"])
+            ref = f"oracle: escalates {_pct(r['oracle_escalated'])}, cost {r['oracle_cost'] / r['cost_strong']:.2f}"
         else:
             res = (f"accuracy {_pct(r['accuracy_cascade'])} vs large {_pct(r['accuracy_strong'])}, escalated {_pct(r['escalated'])}, "
                    f"cost {r['cost'] / r['cost_strong']:.2f} of always-large")

@@ -81,6 +81,9 @@ def load_policy(path: str) -> LoadedPolicy:
     for key in ("family", "index", "threshold", "certificate"):
         if key not in doc:
             raise ConfigError(f"policy file '{path}' lacks the field '{key}'")
+    if doc["index"] is None and (doc.get("selection") or {}).get("decision") == "no saving: keep full compute":
+        raise ConfigError(f"policy file '{path}': its certified settings cost more than full compute on the calibration questions, so it deploys nothing",
+                          hint="serve without this policy (full compute), or calibrate another family")
     if doc["index"] is None:
         raise ConfigError(f"policy file '{path}': calibration certified no threshold (field 'index' is null)", hint="calibrate at a larger epsilon or with more questions")
     fam = get_family(doc["family"], **(doc.get("settings") or {}))

@@ -33,6 +33,7 @@ from stopwise.stats.ltt import (
     LearnThenTest,
     LTTResult,
     check_losses,
+    cheapest_certified,
     fixed_sequence,
     learn_then_test,
 )
@@ -49,6 +50,7 @@ from stopwise.stats.pvalues import (
 from stopwise.stats.validate import (
     CONSISTENCY_LEVEL,
     ValidationResult,
+    cost_aware_calibrator,
     ltt_calibrator,
     naive_calibrator,
     synthetic_population,
@@ -66,6 +68,8 @@ __all__ = [
     "bentkus_pvalue",
     "binomial_pvalue",
     "check_losses",
+    "cost_aware_calibrator",
+    "cheapest_certified",
     "clopper_pearson",
     "compute_pvalues",
     "conformal_risk_control",

@@ -40,6 +40,7 @@ __all__ = [
     "LTTResult",
     "LearnThenTest",
     "check_losses",
+    "cheapest_certified",
     "fixed_sequence",
     "learn_then_test",
 ]
@@ -259,6 +260,50 @@ def fixed_sequence(p_values: np.ndarray, level: float) -> int | None:
     if rejected.all():
         return int(rejected.size - 1)
     return int(np.argmin(rejected)) - 1
+
+
+def cheapest_certified(costs: Any, last: int | None, full_cost: float) -> int | None:
+    """The cheapest setting among those fixed-sequence testing certified, or ``None`` for full compute.
+
+    Parameters
+    ----------
+    costs : array_like, shape (G,)
+        Expected cost of each setting on the calibration data (for example
+        generated plus probe tokens per question).
+    last : int or None
+        The last certified index (:func:`fixed_sequence`): settings ``0..last``
+        are certified, ``None`` when none is.
+    full_cost : float
+        The cost of full compute on the same data: the no-op setting, whose risk
+        is 0, is always a candidate.
+
+    Returns
+    -------
+    int or None
+        The index of the cheapest certified setting (the safer one on ties), or
+        ``None`` when no certified setting costs less than full compute.
+
+    Notes
+    -----
+    Choosing by cost keeps the guarantee. Fixed-sequence testing controls the
+    family-wise error rate: with probability ``>= 1 - delta'`` *every*
+    certified setting has risk ``<= epsilon`` at once, so any choice among them,
+    however it uses the calibration data, is covered by the same event. (The
+    most aggressive certified setting is one such choice, not the only one.)
+    Full compute has risk 0 and needs no test.
+
+    Examples
+    --------
+    >>> cheapest_certified([100.0, 80.0, 90.0, 70.0], 2, 100.0)
+    1
+    >>> cheapest_certified([100.0, 120.0], 1, 100.0) is None
+    True
+    """
+    if last is None:
+        return None
+    c = np.asarray(costs, dtype=float)[: last + 1]
+    j = int(np.argmin(c))
+    return j if c[j] < float(full_cost) else None
 
 
 # --------------------------------------------------------------------- main entry

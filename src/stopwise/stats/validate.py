@@ -43,13 +43,14 @@ import numpy as np
 from scipy import stats
 
 from stopwise.errors import ConfigError
-from stopwise.stats.ltt import check_level, check_losses, learn_then_test
+from stopwise.stats.ltt import check_level, check_losses, cheapest_certified, learn_then_test
 from stopwise.stats.pvalues import clopper_pearson
 
 __all__ = [
     "CONSISTENCY_LEVEL",
     "Calibrator",
     "ValidationResult",
+    "cost_aware_calibrator",
     "ltt_calibrator",
     "naive_calibrator",
     "synthetic_population",
@@ -311,6 +312,40 @@ def ltt_calibrator(
 
     def calibrate(losses: np.ndarray) -> int | None:
         return learn_then_test(losses, eps, dlt, method=method, k_policies=k_policies).index
+
+    return calibrate
+
+
+def cost_aware_calibrator(
+    epsilon: float,
+    delta: float,
+    cost: Callable[[np.ndarray], np.ndarray],
+    method: Literal["binomial", "hb"] = "hb",
+    *,
+    full_cost: float = np.inf,
+    k_policies: int = 1,
+) -> Calibrator:
+    """Learn-then-Test, then the cheapest certified setting (:func:`~stopwise.stats.ltt.cheapest_certified`).
+
+    ``cost`` maps the draw's ``(n, G)`` losses to a cost per column, so the choice may use the
+    calibration data in any way (an adversarial ``cost`` picks the certified setting with the
+    highest calibration risk). Fixed-sequence testing controls the family-wise error, so every
+    such choice keeps the guarantee; the validity suite checks it. Returns ``None`` (full
+    compute) where no certified column costs less than ``full_cost``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cost_aware_calibrator(0.1, 0.1, lambda l: np.array([3.0, 1.0, 2.0, 5.0]))(np.zeros((60, 4)))
+    1
+    """
+    eps = check_level(epsilon, "epsilon")
+    dlt = check_level(delta, "delta")
+    learn_then_test(np.zeros((1, 1)), eps, dlt, method=method, k_policies=k_policies)
+
+    def calibrate(losses: np.ndarray) -> int | None:
+        last = learn_then_test(losses, eps, dlt, method=method, k_policies=k_policies).index
+        return cheapest_certified(np.asarray(cost(losses), dtype=float), last, full_cost)
 
     return calibrate
 
