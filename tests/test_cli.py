@@ -144,6 +144,20 @@ def test_validate_json_rows(tmp_path):
     naive = [r for r in rows if r["policy"].startswith("naive-control") or r["policy"] == "synthetic-control:naive"]
     assert any(not r["consistent"] for r in naive)
     assert all(r["consistent"] for r in rows if r["policy"] in ("first_candidate", "answer_convergence", "token_budget", "synthetic-control:ltt"))
+    assert all(r["verdict"] == "pass" for r in rows if not r["policy"].startswith(("naive-control", "synthetic-control:naive")))
+    assert next(r for r in rows if r["policy"] == "synthetic-control:naive")["verdict"] == "control rejected"
+
+
+def test_validate_fails_and_names_the_family_when_the_calibrator_is_broken(tmp_path):
+    """The default suite's check that the guarantee holds: validate exits 0 with Learn-then-Test, and exits 1,
+    naming each family, when the plug-in rule (no correction) is put in its place."""
+    good = run("validate", "--traces", bundled_path("qwq_math52"), "--draws", "200")
+    assert good.returncode == 0 and "validate: PASS" in good.stdout
+    bad = run("validate", "--traces", bundled_path("qwq_math52"), "--draws", "200", "--calibrator", "naive", check=False)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    failed = [line for line in bad.stderr.splitlines() if line.startswith("validate: FAIL")]
+    assert any("qwq_math52 / first_candidate: violation frequency" in line for line in failed), bad.stderr
+    assert "exceeds delta 0.1" in bad.stderr and "validate: PASS" not in bad.stdout
 
 
 def test_validate_decisions_abstain_sets_select_cascade(tmp_path):

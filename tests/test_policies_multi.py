@@ -318,10 +318,21 @@ def test_deepconf_fits_sets_with_few_and_short_chains():
     from stopwise.policies.registry import get_family
     from stopwise.traces.synthetic import synthetic_trace_set
 
-    small = synthetic_trace_set(6, 8, mean_tokens=200, seed=1)
+    import numpy as np
+
+    from stopwise.stats.split import training_mask
+
+    small = synthetic_trace_set(40, 8, mean_tokens=200, seed=1)
     fam = get_family("deepconf_online")
     assert fam.supports(small) is not None  # 16 warm-up chains need 17
     fitted = fam.fit_to(small)
     assert fitted.warmup == 4 and 16 <= fitted.window <= 200 // 4 and fitted.supports(small) is None
+    # the window is read off the training role's chains only, and those questions then never calibrate it
+    train = training_mask(small.questions.column("question_id").to_pylist())
+    lengths = np.asarray(small.column("n_tokens"))[train[np.asarray(small.question_index)]]
+    assert train.any() and fitted.window == max(16, int(np.median(lengths) // 8))
+    assert np.array_equal(fitted.training_mask(small), train) and fam.training_mask(small) is None
+    tiny = synthetic_trace_set(3, 8, mean_tokens=200, seed=1)  # no training-role question: nothing to read
+    assert fam.fit_to(tiny).window == fam.window
     big = synthetic_trace_set(3, 20, mean_tokens=40000, seed=1)
     assert fam.fit_to(big) is fam  # DeepConf's own regime: unchanged

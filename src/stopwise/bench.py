@@ -159,8 +159,10 @@ def validate_set(
     n_calibration: int | None = None,
     draws: int = 500,
     seed: int = 0,
+    calibrator: str = "ltt",
 ) -> list[dict[str, Any]]:
-    """``stopwise validate`` on one set: LTT and the naive control for every applicable family."""
+    """``stopwise validate`` on one set: LTT (or the broken ``calibrator="naive"``) and the naive control for every
+    applicable family."""
     from stopwise.calibrate import validate_family
 
     fams, _ = applicable_families(ts, families, risk)
@@ -176,8 +178,54 @@ def validate_set(
             res = subset_result(res, ~trained[res.unit_question])
             n_fam = n_calibration or max(int((~trained).sum()) // 2, 1)
         rows += validate_family(res, ts.n_questions, risk=risk, epsilon=epsilon, delta=delta,
-                                n_calibration=n_fam, draws=draws, seed=seed, trace_set=ts.name)
+                                n_calibration=n_fam, draws=draws, seed=seed, trace_set=ts.name, calibrator=calibrator)
     return rows
+
+
+#: rows whose negative control is built to fail (a population where the plug-in rule overshoots by design)
+REQUIRED_CONTROLS = ("synthetic-control:naive",)
+
+
+def validation_verdicts(rows: Sequence[dict[str, Any]], marginal: Sequence[dict[str, Any]] = (), *,
+                        level: float = 0.01) -> tuple[bool, list[str]]:
+    """``stopwise validate``'s verdict: whether the evidence is consistent with every guarantee, and why not.
+
+    A guarantee row (a certified family, abstention score or cascade, and the synthetic LTT control) fails when the
+    one-sided exact binomial test rejects "violation probability <= delta" at ``level`` divided by the number of
+    guarantee rows (Bonferroni over the run: a correct calibrator fails a whole run with probability <= ``level``).
+    A required negative control (:data:`REQUIRED_CONTROLS`) fails the run when it is *not* rejected at ``level``:
+    then validate could not tell a broken calibrator from a sound one. Other negative controls (the naive rule on
+    real sets, where its overshoot depends on the set's risk curve) are reported, not required. An expectation
+    guarantee (answer sets, selection) fails when its mean over draws is outside its 99% bound. Each row gets a
+    ``verdict``: "pass", "FAIL", "control rejected", "control not rejected" (or "control NOT REJECTED" where
+    required).
+    """
+    guarantees = [r for r in rows if not _is_control(r["policy"])]
+    per_row = level / max(len(guarantees), 1)
+    problems: list[str] = []
+    for r in rows:
+        if _is_control(r["policy"]):
+            rejected = r["p_value"] <= level
+            required = r["policy"] in REQUIRED_CONTROLS
+            r["verdict"] = "control rejected" if rejected else ("control NOT REJECTED" if required else "control not rejected")
+            if required and not rejected:
+                problems.append(f"{r['trace_set']} / {r['policy']}: the negative control was not rejected "
+                                f"(violations {r['violation_frequency']:.1%}, p={r['p_value']:.3g} > {level:g})")
+        else:
+            r["verdict"] = "pass" if r["p_value"] > per_row else "FAIL"
+            if r["verdict"] == "FAIL":
+                problems.append(f"{r['trace_set']} / {r['policy']}: violation frequency {r['violation_frequency']:.1%} "
+                                f"(95% CI {r['ci_low']:.1%}-{r['ci_high']:.1%}) exceeds delta {r['delta']:g} "
+                                f"(binomial p={r['p_value']:.3g} <= {level:g}/{len(guarantees)})")
+    for m in marginal:
+        m["verdict"] = "pass" if m["consistent"] else "FAIL"
+        if not m["consistent"]:
+            problems.append(f"{m.get('trace_set', '?')} / {m['check']}: the mean over draws is outside its 99% bound")
+    return not problems, problems
+
+
+def _is_control(policy: str) -> bool:
+    return policy.startswith("naive-control") or policy == "synthetic-control:naive"
 
 
 def validate_controls(*, epsilon: float, delta: float, draws: int, seed: int = 0) -> list[dict[str, Any]]:

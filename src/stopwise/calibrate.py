@@ -332,6 +332,9 @@ def policy_file(family: Any, calibration: Calibration, ts: Any, *, risk: str, ch
 
 # --- empirical validation ---------------------------------------------------------------
 
+#: what ``stopwise validate --calibrator`` may put under test: Learn-then-Test, or the broken plug-in rule
+VALIDATE_CALIBRATORS = ("ltt", "naive")
+
 
 def population_losses(result: ReplayResult, n_questions: int, risk: str) -> tuple[np.ndarray, str]:
     """Per-question losses over the whole set (the population) and their valid p-value method."""
@@ -360,14 +363,21 @@ def validate_family(
     draws: int = 500,
     seed: int = 0,
     trace_set: str = "",
+    calibrator: str = "ltt",
 ) -> list[dict[str, Any]]:
     """Check LTT on a family empirically, with the naive calibrator as a negative control.
 
     The whole set is the population; each draw calibrates on ``n_calibration``
     questions and the chosen setting's exact population risk is compared with
     epsilon. Returns one row for LTT and one for the naive control.
+    ``calibrator="naive"`` puts the plug-in rule (no statistical correction) in
+    LTT's place under the family's own name: a deliberately broken calibrator,
+    for checking that ``stopwise validate`` fails and names the family.
     """
     from stopwise.stats.validate import ltt_calibrator, naive_calibrator, validate_calibrator
+
+    if calibrator not in VALIDATE_CALIBRATORS:
+        raise UnknownNameError("calibrator", calibrator, VALIDATE_CALIBRATORS)
 
     if risk == "selective":
         raise ConfigError("validate supports the disagreement and accuracy risks", hint="use --risk disagreement or accuracy")
@@ -376,7 +386,8 @@ def validate_family(
     if n > len(pop):
         raise ConfigError(f"--n-calibration {n} exceeds the {len(pop)} questions of the set")
     rows = []
-    for label, cal in ((result.family, ltt_calibrator(epsilon, delta, method)), (f"naive-control:{result.family}", naive_calibrator(epsilon))):
+    main = ltt_calibrator(epsilon, delta, method) if calibrator == "ltt" else naive_calibrator(epsilon)
+    for label, cal in ((result.family, main), (f"naive-control:{result.family}", naive_calibrator(epsilon))):
         v = validate_calibrator(pop, n, draws, cal, epsilon, delta, seed=seed)
         rows.append(validation_row(v, trace_set=trace_set, policy=label, risk=risk, method=method,
                                    max_population_risk=float(pop.mean(axis=0).max())))

@@ -12,9 +12,11 @@ decision rule on each set's test half (the hashed split, as everywhere):
                  and cost at certified accuracy loss <= epsilon, beside the oracle
                  router that escalates exactly where only the large model is right.
 
-Each row is certified at ``delta`` on its own: a row is a claim declared before
-the test half is seen, not a pick among the others. :func:`plot_decisions`
-draws the risk-coverage and cost-accuracy curves.
+Rows that a reader compares and picks from pay for the pick: the abstention
+scores of a set are certified at ``delta / K`` (K scores), and the cascade rules
+of a pair at ``delta / K`` (K = chain counts times scores); the answer-set and
+selection rows are one declared rule each. :func:`plot_decisions` draws the
+risk-coverage and cost-accuracy curves.
 """
 
 from __future__ import annotations
@@ -100,12 +102,18 @@ def decision_rows(
             progress(f"cascade: {small.name} -> {large.name}")
         # a direct-answer set against its own model reasoning is a think-or-not gate: against one reasoning chain
         direct = is_direct(small)
+        # every (chain count, score) rule of the pair is a row a reader compares and picks from: declare them all
+        # first, then certify each at delta / K (Bonferroni over the pair's rules)
+        rules = []
         for chains in sorted({1, min(2, int(small.chain_counts.max())), int(small.chain_counts.max())}):
             pair = pair_trace_sets(small, large, chains=chains, large_chains=1 if direct else None)
             for score in ("vote_margin", "probe_confidence", "probe_agreement") if chains > 1 else (
                     "answer_probability", "probe_confidence", "probe_agreement"):
                 if score in pair.scores:
-                    rows.append(_cascade_row(trace_cascade(pair, score=score, epsilon=epsilon, delta=delta), f"{score}, {chains} chains"))
+                    rules.append((pair, score, chains))
+        for pair, score, chains in rules:
+            rows.append(_cascade_row(trace_cascade(pair, score=score, epsilon=epsilon, delta=delta, k_policies=len(rules)),
+                                     f"{score}, {chains} chains"))
     for path in routing_paths:
         if progress:
             progress(f"cascade: {Path(path).name}")

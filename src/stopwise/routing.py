@@ -223,7 +223,7 @@ def router_losses(data: RoutingData, scores: np.ndarray) -> tuple[np.ndarray, np
 
 def certify_cascade(
     scores: np.ndarray, weak_ok: np.ndarray, strong_ok: np.ndarray, calib: np.ndarray, test: np.ndarray, *,
-    epsilon: float, delta: float, weak_cost: np.ndarray | float, strong_cost: np.ndarray | float,
+    epsilon: float, delta: float, weak_cost: np.ndarray | float, strong_cost: np.ndarray | float, k_policies: int = 1,
 ) -> dict[str, Any]:
     """Certify the keep-threshold on ``calib`` (LTT, binomial) and report the cascade on ``test``.
 
@@ -234,7 +234,8 @@ def certify_cascade(
     """
     weak_ok, strong_ok = np.asarray(weak_ok, dtype=bool), np.asarray(strong_ok, dtype=bool)
     loss, kept = cascade_losses(weak_ok, strong_ok, scores)
-    index, cert, _, _ = calibrate_losses(loss[calib], risk="accuracy", epsilon=epsilon, delta=delta, method="binomial")
+    index, cert, _, _ = calibrate_losses(loss[calib], risk="accuracy", epsilon=epsilon, delta=delta, method="binomial",
+                                         k_policies=k_policies)
     wc_all = np.broadcast_to(np.asarray(weak_cost, dtype=np.float64), weak_ok.shape)
     sc_all = np.broadcast_to(np.asarray(strong_cost, dtype=np.float64), weak_ok.shape)
     # the cheapest certified threshold on the calibration questions; always-large (risk 0) is a candidate,
@@ -256,7 +257,7 @@ def certify_cascade(
     else:
         decision = f"cascade at threshold {GRID[j]:g}"
     return {
-        "epsilon": epsilon, "delta": delta, "certified": pays, "threshold": GRID[j] if pays else None,
+        "epsilon": epsilon, "delta": delta, "k_policies": k_policies, "certified": pays, "threshold": GRID[j] if pays else None,
         "decision": decision, "certified_up_to": None if index is None else GRID[index],
         "n_calibration": int(np.sum(calib)), "n_test": int(np.sum(test)),
         # where nothing pays, the deployed rule is the large model alone: its accuracy and cost
@@ -420,7 +421,7 @@ def pair_trace_sets(small, large, *, chains: int | None = None, large_chains: in
 
 
 def trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: float = 0.1,
-                  weak_token_price: float | None = None) -> dict[str, Any]:
+                  weak_token_price: float | None = None, k_policies: int = 1) -> dict[str, Any]:
     """Certify the cascade "keep the small model's answer when ``score`` reaches t" and report it on the test half.
 
     No router is trained (the scores are fixed functions of the small model's
@@ -439,14 +440,15 @@ def trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: 
     probes = score.startswith("probe_")
     weak_tokens = pair.weak_tokens + (pair.weak_probe_tokens if probes else 0.0)
     out = certify_cascade(pair.scores[score], pair.weak_ok, pair.strong_ok, calib, test, epsilon=epsilon, delta=delta,
-                          weak_cost=weak_token_price * weak_tokens, strong_cost=pair.strong_tokens)
+                          weak_cost=weak_token_price * weak_tokens, strong_cost=pair.strong_tokens, k_policies=k_policies)
     return {
         "data": pair.name, "weak": pair.weak, "strong": pair.strong, "score": score, "chains": pair.chains, **out,
         "cost_unit": f"large-model tokens (a small-model token = {weak_token_price:g})",
         "weak_token_price": weak_token_price,
         "tokens_weak": float(weak_tokens[test].mean()), "tokens_strong": float(pair.strong_tokens[test].mean()),
         "tokens_cascade_strong": out["cost_strong_cascade"],
-        "guarantee": f"accuracy loss vs always-{pair.strong} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test)",
+        "guarantee": f"accuracy loss vs always-{pair.strong} <= {epsilon} with probability >= {1 - delta} (Learn-then-Test"
+                     + (f" at delta/{k_policies}: one of {k_policies} rules compared on this pair)" if k_policies > 1 else ")"),
     }
 
 

@@ -34,19 +34,32 @@ from stopwise.conformal import SCORES, question_scores
 from stopwise.errors import ConfigError
 from stopwise.stats.ltt import check_level
 from stopwise.stats.ranking import auroc
-from stopwise.stats.split import split_mask
+from stopwise.stats.split import split_mask, training_mask
 
 __all__ = ["SCORES", "dual_threshold_report", "question_scores", "selective_report", "validate_selective"]
 
 
-def _grid(s_cal: np.ndarray, epsilon: float, delta: float, points: int) -> np.ndarray:
-    """Thresholds ascending (column 0 answers nearly everything, the last only the most confident): quantiles of the
-    calibration scores, less those answering fewer than ``n_min`` calibration questions, which could not be
-    certified even with no error (binomial tail (1 - eps)^n > delta). This looks at scores, never at labels."""
-    grid = np.unique(np.quantile(s_cal, np.linspace(0, 1, points))) if len(s_cal) else np.zeros(1)
+def _grid(s_grid: np.ndarray, n_cal: int, epsilon: float, delta: float, points: int) -> np.ndarray:
+    """Thresholds ascending (column 0 answers nearly everything, the last only the most confident).
+
+    Quantiles of the scores of the *training role* (``s_grid``: questions never used to certify), so the grid is
+    fixed before the calibration questions are seen. Thresholds that would answer fewer than ``n_min`` of the
+    ``n_cal`` calibration questions at the training role's rate are dropped (twice ``n_min``, a margin for the
+    calibration questions answering fewer than the training role predicts): they could not be certified even with
+    no error (binomial tail (1 - eps)^n > delta), and a fixed sequence stops at its first failure. This looks at
+    scores, never at labels, and only affects power."""
+    grid = np.unique(np.quantile(s_grid, np.linspace(0, 1, points))) if len(s_grid) else np.zeros(1)
     n_min = int(np.ceil(np.log(delta) / np.log(1.0 - epsilon)))
-    enough = (s_cal[:, None] >= grid[None, :]).sum(axis=0) >= n_min
+    share = (s_grid[:, None] >= grid[None, :]).mean(axis=0) if len(s_grid) else np.ones(len(grid))
+    enough = share * n_cal >= 2 * n_min
     return grid[enough] if enough.any() else grid[:1]
+
+
+def _roles(ts) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """``(half, train)``: the hashed calibration half and the training role (grids are read off the latter, which
+    never calibrates)."""
+    qids = ts.questions.column("question_id").to_pylist()
+    return split_mask(qids), training_mask(qids)
 
 
 def _certify(answered_cal: np.ndarray, wrong_cal: np.ndarray, epsilon: float, delta: float) -> int | None:
@@ -81,21 +94,23 @@ def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: 
     if not ts.has("correct"):
         raise ConfigError(f"trace set '{ts.name}' has no labels (correct); selective answering needs them")
     scores_all, wrong_all, excluded = _all_scores(ts)
+    _, train = _roles(ts)
+    k = len(scores_all)  # a reader picks among the scores: each is certified at delta / k, as in selective_report
     rng = np.random.default_rng(seed)
     rows = []
     for name, s_all in scores_all.items():
-        keep = ~excluded[name]  # the population: questions the score was not trained on
+        keep = ~excluded[name] & ~train  # the population: questions the score neither learned from nor read its grid off
         s, wrong = s_all[keep], wrong_all[keep]
         n = int(keep.sum())
+        grid = _grid(s_all[train], n // 2, epsilon, delta / k, points)  # fixed before any draw
+        answered = s[:, None] >= grid[None, :]
+        pop_risk = (answered & wrong[:, None]).sum(axis=0) / np.maximum(answered.sum(axis=0), 1)
         viol = {"ltt": 0, "naive": 0}
         uncertified = {"ltt": 0, "naive": 0}
         for _ in range(draws):
             cal = np.zeros(n, dtype=bool)
             cal[rng.permutation(n)[: n // 2]] = True
-            grid = _grid(s[cal], epsilon, delta, points)
-            answered = s[:, None] >= grid[None, :]
-            pop_risk = (answered & wrong[:, None]).sum(axis=0) / np.maximum(answered.sum(axis=0), 1)
-            for kind, j in (("ltt", _certify(answered[cal], wrong[cal], epsilon, delta)),
+            for kind, j in (("ltt", _certify(answered[cal], wrong[cal], epsilon, delta / k)),
                             ("naive", _naive(answered[cal], wrong[cal], epsilon))):
                 if j is None:
                     uncertified[kind] += 1
@@ -173,19 +188,21 @@ def selective_report(ts, *, epsilon: float = 0.05, delta: float = 0.1, points: i
     check_level(epsilon, "epsilon")
     check_level(delta, "delta")
     scores, wrong, excluded = _all_scores(ts)
-    half = split_mask(ts.questions.column("question_id").to_pylist())
+    half, train = _roles(ts)
     test = ~half
+    k = len(scores)  # the rows are compared and the best is read off: each score is certified at delta / k
     rows = []
     for name, s in scores.items():
-        cal = half & ~excluded[name]  # the learned probe's training questions never calibrate it
-        grid = _grid(s[cal], epsilon, delta, points)
+        cal = half & ~train & ~excluded[name]  # the learned probe's training questions never calibrate it
+        grid = _grid(s[train], int(cal.sum()), epsilon, delta / k, points)
         answered = s[:, None] >= grid[None, :]
-        j = _certify(answered[cal], wrong[cal], epsilon, delta)
+        j = _certify(answered[cal], wrong[cal], epsilon, delta / k)
         ans_t = answered[test]
         cov = ans_t.mean(axis=0)
         risk = np.where(ans_t.sum(axis=0) > 0, (ans_t & wrong[test][:, None]).sum(axis=0) / np.maximum(ans_t.sum(axis=0), 1), 0.0)
         rows.append({
             "trace_set": ts.name, "score": name, "auroc": auroc(s[test], ~wrong[test]), "epsilon": epsilon, "delta": delta,
+            "k_policies": k,
             "certified": j is not None and bool(answered[cal][:, j].any()), "threshold": None if j is None else float(grid[j]),
             # a certified threshold that answers no calibration question is no rule: say so instead of a row at 0%
             "decision": "nothing certified: answer nothing" if j is None else (
@@ -211,13 +228,17 @@ def dual_threshold_report(ts, *, score: str = "vote_share", epsilon_answer: floa
 
     - the error among single answers <= ``epsilon_answer`` (the selective risk of
       :func:`selective_report`, LTT from the most abstaining threshold down);
-    - the share of questions that get an output (answer or set) none of whose
-      candidates is right <= ``epsilon_set`` (LTT on the mean over all
-      questions, from the highest ``t_set`` down).
+    - the share of questions that get an output none of whose candidates is
+      right <= ``epsilon_set``: a single answer that is wrong, or a set with no
+      right candidate (LTT on the mean over all questions, from the highest
+      ``t_set`` down, with the chosen ``t_answer``).
 
     Each is certified at ``delta / 2`` (Bonferroni), so both hold together with
-    probability >= ``1 - delta``; the certificate names this. ``t_set`` is
-    capped at ``t_answer`` afterwards (a set region never above the answer region).
+    probability >= ``1 - delta``; the certificate names this. The second runs at
+    ``delta / 2`` divided by the number of values ``t_answer`` could take, since
+    ``t_answer`` is chosen on the same questions. Nothing below the certified
+    ``t_set`` is output. Both grids are read off the training role, which never
+    calibrates.
     """
     from stopwise.conformal import candidates
     from stopwise.stats.conformal import NONE
@@ -233,20 +254,27 @@ def dual_threshold_report(ts, *, score: str = "vote_share", epsilon_answer: floa
     probs, _, labels = candidates(ts)
     size = (probs > 0).sum(axis=1)
     missed = labels == NONE  # no chain gave the right answer
-    cal = split_mask(ts.questions.column("question_id").to_pylist())
-    test = ~cal
+    in_half, train = _roles(ts)
+    cal = in_half & ~train  # the training role fixes both grids and never calibrates
+    test = ~in_half
     half = delta / 2
-    grid_a = _grid(s[cal], epsilon_answer, half, points)
+    grid_a = _grid(s[train], int(cal.sum()), epsilon_answer, half, points)
     answered = s[:, None] >= grid_a[None, :]
     ja = _certify(answered[cal], wrong[cal], epsilon_answer, half)
     t_a = float(grid_a[ja]) if ja is not None else float("inf")
-    # t_set grid from high to low: the first column outputs least (safest)
-    grid_s = np.unique(np.quantile(s[cal], np.linspace(0, 1, points)))[::-1] if cal.any() else np.zeros(1)
-    out_mask = s[:, None] >= grid_s[None, :]
-    loss = (out_mask & missed[:, None]).astype(np.float64)
-    js, cert_s, _, _ = calibrate_losses(loss[cal], risk="accuracy", epsilon=epsilon_set, delta=half, method="binomial")
-    t_s = min(float(grid_s[js]), t_a) if js is not None else t_a
     single = s >= t_a
+    # t_set grid from high to low: the first column outputs least (safest)
+    grid_s = np.unique(np.quantile(s[train], np.linspace(0, 1, points)))[::-1] if train.any() else np.zeros(1)
+    # the loss the claim counts, at the chosen t_answer: a single answer that is wrong, or a set with no right
+    # candidate. t_answer was chosen on the same questions, so this sequence runs at delta / 2 / (the number of
+    # t_answer values it could have taken): Bonferroni over them covers whichever was chosen.
+    out_mask = s[:, None] >= grid_s[None, :]
+    loss = ((single & wrong)[:, None] | (out_mask & ~single[:, None] & missed[:, None])).astype(np.float64)
+    n_ta = len(grid_a) + 1  # every grid value, or none certified (t_answer = inf)
+    js, cert_s, _, _ = calibrate_losses(loss[cal], risk="accuracy", epsilon=epsilon_set, delta=half / n_ta, method="binomial")
+    # release exactly what was certified: below the certified t_set nothing is output (no capping at t_answer,
+    # which would lower t_set and release more); at or above t_answer the single answer is the output
+    t_s = float(grid_s[js]) if js is not None else float("inf")
     in_set = (s >= t_s) & ~single
     t = test
     n_t = max(int(t.sum()), 1)
@@ -261,6 +289,7 @@ def dual_threshold_report(ts, *, score: str = "vote_share", epsilon_answer: floa
         "mean_set_size": float(size[in_set & t].mean()) if (in_set & t).any() else None,
         "single_error": float(wrong[single & t].mean()) if n_single else 0.0,
         "output_miss": float((((single & wrong) | (in_set & missed)) & t).sum() / n_t),
-        "guarantee": (f"error among single answers <= {epsilon_answer} and share of outputs with no right candidate <= "
-                      f"{epsilon_set}, jointly with probability >= {1 - delta} (LTT for each at delta/2, Bonferroni)"),
+        "guarantee": (f"error among single answers <= {epsilon_answer} and share of questions whose output (a single "
+                      f"answer, or a set) has no right candidate <= {epsilon_set}, jointly with probability >= {1 - delta} "
+                      f"(LTT for each at delta/2, Bonferroni; the second at delta/2/{n_ta} over the t_answer it may follow)"),
     }

@@ -819,13 +819,20 @@ def route_cmd(data_path, weak, strong, small, large, chains, large_chains, score
 @_seed
 @click.option("--draws", default=500, show_default=True, type=click.IntRange(10))
 @click.option("--n-calibration", default=None, type=click.IntRange(1), help="Questions per calibration draw (default: half the set).")
+@click.option("--calibrator", default="ltt", show_default=True, type=click.Choice(["ltt", "naive"]),
+              help="--decision stop: the calibrator under test. naive: a deliberately broken one (the plug-in rule, no "
+                   "correction) in Learn-then-Test's place, to see validate fail and name the family.")
+@click.option("--level", default=0.01, show_default=True, type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+              help="Significance of the verdict: a guarantee fails when its violations reject 'probability <= delta' at "
+                   "level / (rows checked); the synthetic negative control must be rejected at level.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, small, large, routing_data, seed, draws,  # noqa: ANN001
-                 n_calibration, json_out) -> None:
+                 n_calibration, calibrator, level, json_out) -> None:
     """Check the guarantees empirically over many random calibration draws, each beside a negative control.
 
     Risk guarantees (stopping, abstention, cascades): how often the chosen setting's population risk exceeds
     epsilon, against delta. Expectation guarantees (answer sets, selection): the mean coverage or FDP over draws.
+    Exits 1 when the evidence contradicts a guarantee or the synthetic negative control is not rejected.
     """
     from stopwise.cli.render import render_validate, render_validate_marginal
 
@@ -839,7 +846,8 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
         from stopwise.bench import validate_controls, validate_set
 
         for ts in sets:
-            rows += validate_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n_calibration, draws=draws, seed=seed)
+            rows += validate_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n_calibration,
+                                 draws=draws, seed=seed, calibrator=calibrator)
         rows += validate_controls(epsilon=epsilon, delta=delta, draws=draws, seed=seed)
     labeled = [ts for ts in sets if ts.has("correct")]
     if "abstain" in chosen:
@@ -857,12 +865,24 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
                 marginal.append({"check": f"selection, FDR <= {q:g}", **validate_selection(ts, q=q, draws=draws, seed=seed)})
     if "cascade" in chosen:
         rows += _validate_cascades(small, large, routing_data, epsilon=epsilon, delta=delta, draws=draws, seed=seed)
+    from stopwise.bench import validation_verdicts
+
+    ok, problems = validation_verdicts(rows, marginal, level=level)
     if rows:
         render_validate(console, rows)
     if marginal:
         render_validate_marginal(console, marginal)
     if json_out:
         _write_json(json_out, rows + marginal)
+    n_risk = sum(1 for r in rows if r["verdict"] in ("pass", "FAIL"))
+    if ok:
+        console.print(f"[green]validate: PASS[/]: {n_risk + len(marginal)} guarantees consistent with their claims "
+                      f"(level {level:g}, Bonferroni over the {n_risk} risk rows)"
+                      + ("; the synthetic negative control was rejected" if any(r["policy"] == "synthetic-control:naive" for r in rows) else ""))
+        return
+    for line in problems:
+        err_console.print(f"validate: FAIL {line}", soft_wrap=True)
+    sys.exit(1)
 
 
 def _validate_cascades(small, large, routing_data, **kw: Any) -> list[dict[str, Any]]:  # noqa: ANN001

@@ -97,11 +97,13 @@ def render_replay(console: Console, name: str, policy: str, risk: str, rows: lis
 
 def render_validate(console: Console, rows: list[dict[str, Any]]) -> None:
     t = Table(title="stopwise validate: how often the chosen setting's population risk exceeds epsilon", title_justify="left")
-    for col in ("trace set", "policy", "n cal", "draws", "violations", "95% CI", "consistent with delta"):
+    for col in ("trace set", "policy", "n cal", "draws", "violations", "95% CI", "consistent with delta", "verdict"):
         t.add_column(col, justify="left" if col in ("trace set", "policy") else "right")
     for r in rows:
+        v = r.get("verdict", "")
         t.add_row(r["trace_set"], r["policy"], str(r["n_calibration"]), str(r["draws"]), _f(r["violation_frequency"], True),
-                  f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%", _f(r["consistent"]))
+                  f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%", _f(r["consistent"]),
+                  f"[bold red]{v}[/]" if v in ("FAIL", "control NOT REJECTED") else v)
     console.print(t)
 
 
@@ -162,7 +164,7 @@ def render_cascades(console: Console, rows: list[dict[str, Any]]) -> None:
 def render_validate_marginal(console: Console, rows: list[dict[str, Any]]) -> None:
     """Expectation guarantees (answer-set coverage, selection FDR): the mean over draws with a 99% bound, and the control."""
     t = Table(title="stopwise validate: guarantees in expectation (mean over calibration draws, 99% bound)", title_justify="left")
-    for col in ("trace set", "check", "draws", "mean", "99% bound", "consistent", "control", "control consistent"):
+    for col in ("trace set", "check", "draws", "mean", "99% bound", "consistent", "control", "control consistent", "verdict"):
         t.add_column(col, justify="left" if col in ("trace set", "check") else "right")
     for r in rows:
         if "mean_coverage" in r:
@@ -170,7 +172,7 @@ def render_validate_marginal(console: Console, rows: list[dict[str, Any]]) -> No
         else:
             mean, bound, control = r["fdr"], r["fdr_ci_low"], r["control_fdr"]
         t.add_row(r["trace_set"], r["check"], str(r["draws"]), f"{mean:.3f}", f"{bound:.3f}", _f(r["consistent"]),
-                  f"{control:.3f}", _f(r["control_consistent"]))
+                  f"{control:.3f}", _f(r["control_consistent"]), r.get("verdict", ""))
     console.print(t)
     console.print("controls: answer sets against the majority answer alone (no calibration); selection against releasing every answer")
 

@@ -3,9 +3,15 @@
 One chain at a time (like Adaptive-Consistency), but the stopping rule carries
 its own guarantee, with no calibration set: with probability at least
 ``1 - alpha`` over the model's sampling, the rule never returns an answer that
-is not the model's majority answer (an answer the model gives with probability
-above one half), whatever the number of chains drawn and however the stop was
-decided (Ville's inequality, as in certified stopping for self-consistency).
+is not the model's majority answer *among chains that give an answer* (an
+answer the model gives with probability above one half, conditionally on the
+chain giving an answer at all), whatever the number of chains drawn and
+however the stop was decided (Ville's inequality, as in certified stopping for
+self-consistency). Chains with no answer are dropped, not counted against the
+leader, so the null is conditional: an answer with 40% of all chains and 70%
+of the answering ones is a majority answer here. Whether a chain answers must
+not depend on which answer it would give for this to be the unconditional
+majority.
 
 Construction
 ------------
@@ -23,7 +29,8 @@ e-process. The rule stops when the current leader's ``E_a`` reaches
 alpha (sum over j is alpha), and starting each e-process after the slot is
 filled (a stopping time) keeps it valid although which answer fills the slot is
 random. A leader's ``E`` is never below another answer's with the same slot
-bar, so checking the leader suffices. Missing answers never vote. When the
+bar, so checking the leader suffices. Missing answers never vote (the null
+above is conditional on a chain answering). When the
 logged chains run out first, the vote of all of them is returned (that
 question is not certified).
 

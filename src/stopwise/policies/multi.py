@@ -655,6 +655,7 @@ class DeepConfOnline(MultiChainFamily):
             raise ConfigError(f"deepconf_online: warmup must be >= 1 chain, got {warmup}")
         self.window = int(window)
         self.warmup = int(warmup)
+        self.window_from_training = False  # set by fit_to when the window was read off the training role
 
     def settings(self) -> dict:
         return {"window": self.window, "warmup": self.warmup}
@@ -674,16 +675,36 @@ class DeepConfOnline(MultiChainFamily):
     def fit_to(self, ts):  # noqa: ANN001, ANN201
         """Sets with fewer chains or shorter chains than DeepConf's (16 warm-up chains, 2048-token
         windows over chains of many thousand tokens): warm up on half the chains, and use windows
-        of 1/8 of the median chain (at least 16 tokens)."""
+        of 1/8 of the median chain (at least 16 tokens).
+
+        The median chain is read off the questions of the training role only
+        (:func:`stopwise.stats.split.training_mask`), never the calibration or test questions, and
+        where it sets the window those questions are left out of calibration
+        (:meth:`training_mask`), as for any family that learns from data."""
         if not ts.n_questions or not ts.has("token_confidence"):
             return self
         most = int(np.max(ts.chain_counts))
         warmup = self.warmup if most > self.warmup else max(1, most // 2)
-        med = float(np.median(np.asarray(ts.column("n_tokens", fill=0)))) if ts.n_chains else 0.0
+        train = self._training_role(ts)
+        lengths = np.asarray(ts.column("n_tokens", fill=0))[train[np.asarray(ts.question_index)]] if ts.n_chains else np.zeros(0)
+        # no training-role chains (a tiny set): nothing to read the window off, DeepConf's own stays
+        med = float(np.median(lengths)) if len(lengths) else float(8 * self.window)
         window = self.window if med >= 8 * self.window else max(16, int(med // 8))
         if (warmup, window) == (self.warmup, self.window) or most < 4:
             return self
-        return type(self)(window=window, warmup=warmup)
+        fitted = type(self)(window=window, warmup=warmup)
+        fitted.window_from_training = window != self.window
+        return fitted
+
+    @staticmethod
+    def _training_role(ts) -> np.ndarray:  # noqa: ANN001
+        from stopwise.stats.split import training_mask
+
+        return training_mask(ts.questions.column("question_id").to_pylist())
+
+    def training_mask(self, ts) -> np.ndarray | None:  # noqa: ANN001
+        """The training role, where the window was read off it (:meth:`fit_to`); else None."""
+        return self._training_role(ts) if self.window_from_training else None
 
     def _policy(self, value, n_chains: int):  # noqa: ANN001, ANN202
         return _DeepConfPolicy(value, n_chains, self.window, self.warmup)
