@@ -61,7 +61,11 @@ def test_selection_scores_and_release():
     answer, score, wrong = selection_scores(ts)
     assert ((score >= 0) & (score <= 1)).all() and len(np.unique(score)) > 5  # probe agreement on one-chain sets
     out = select_answers(ts, q=0.05)
-    assert 0 < out["released"] <= out["n_test"] and out["test_fdp"] <= 0.1
+    assert 0 < out["released"] <= out["n_test"]
+    # FDR is an expectation: one split's FDP says little, so the check is over 100 random splits, the mean FDP
+    # against q with its 99% margin
+    v = validate_selection(ts, q=0.05, draws=100, seed=3)
+    assert v["consistent"] and v["draws"] == 100, v
     with pytest.raises(ConfigError, match="unknown selection score"):
         selection_scores(ts, "margin")
 

@@ -35,9 +35,16 @@ RULES = ("majority", "confidence_weighted", "confidence_top10", "reward_weighted
 
 
 def chain_confidence(ts) -> np.ndarray:  # noqa: ANN001 - TraceSet
-    """Each chain's lowest sliding-window mean token confidence (DeepConf's group confidence); NaN without tokens."""
+    """Each chain's lowest sliding-window mean token confidence (DeepConf's group confidence); NaN without tokens.
+
+    The window is 1/8 of the median chain of the training role (as for ``deepconf_online``), never of the
+    questions the rules are compared on; with no training-role chain (a tiny set), 16 tokens."""
+    from stopwise.stats.split import training_mask
+
     offsets, values = ts.list_column("token_confidence")
-    med = float(np.median(np.diff(offsets))) if ts.n_chains else 0.0
+    lengths = np.diff(offsets)
+    train = training_mask(ts.questions.column("question_id").to_pylist())[np.asarray(ts.question_index)] if ts.n_chains else np.zeros(0, bool)
+    med = float(np.median(lengths[train])) if train.any() else 0.0
     window = max(16, int(med // 8))
     out = np.full(ts.n_chains, np.nan)
     for j in range(ts.n_chains):

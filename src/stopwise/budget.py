@@ -6,10 +6,14 @@ chains, single-chain families on its first chain. Cost is generated plus probe
 tokens per question.
 
 On the calibration half, a setting is admissible when its mean cost is certified
-below the cap: the Hoeffding-Bentkus p-value of "mean cost / B > cap / B", with
-B the largest per-question cost of any candidate on the calibration half, is at
+below the cap: the Hoeffding-Bentkus p-value of "mean cost / B > cap / B" is at
 most ``delta / m`` for ``m`` candidates (Bonferroni), so with probability at
 least ``1 - delta`` every admissible setting's expected cost is within the cap.
+B must bound every question's cost *before the data are seen* (Hoeffding-Bentkus
+needs losses in [0, 1] a priori): the user's ``cost_bound``, or, where the set
+records its ``max_tokens`` and its probes cost nothing, the largest number of
+chains per question times ``max_tokens``. A cost above B refuses the bound; with
+no bound known, nothing is certified (the plug-in choice is still reported).
 Among the admissible settings the one with the highest calibration accuracy is
 chosen (ties: the cheaper). Accuracy is estimated, not guaranteed. With few
 calibration questions the bound is loose (Hoeffding-Bentkus on costs scaled by
@@ -36,7 +40,7 @@ from stopwise.stats.ltt import check_level
 from stopwise.stats.pvalues import hb_pvalue
 from stopwise.stats.split import split_mask
 
-__all__ = ["budget_candidates", "budget_report"]
+__all__ = ["admissible_settings", "budget_candidates", "budget_report", "prior_cost_bound"]
 
 
 def budget_candidates(ts, families: list[str] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
@@ -75,7 +79,42 @@ def budget_candidates(ts, families: list[str] | None = None) -> tuple[list[str],
     return names, np.stack(costs, axis=1), np.stack(corrects, axis=1), excluded
 
 
-def budget_report(ts, *, cap: float, delta: float = 0.1, families: list[str] | None = None) -> dict[str, Any]:  # noqa: ANN001
+def prior_cost_bound(ts) -> float | None:  # noqa: ANN001
+    """A bound on any question's cost known before the data: chains per question times the collection's
+    ``max_tokens``, where the set records it and its probes cost nothing; else None (give one)."""
+    mt = (ts.provenance.sampling or {}).get("max_tokens")
+    if not mt or not ts.n_questions:
+        return None
+    if ts.has("probe_cost"):
+        off, vals = ts.list_column("probe_cost")
+        if len(vals) and np.nanmax(np.asarray(vals, dtype=np.float64)) > 0:
+            return None  # priced probes: their total has no bound that the collection settings fix
+    return float(int(np.max(ts.chain_counts)) * int(mt))
+
+
+def admissible_settings(cost_cal: np.ndarray, cap: float, bound: float, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(admissible, p_values)`` over the ``m`` columns of ``cost_cal`` (n, m): Hoeffding-Bentkus on costs scaled
+    by the a-priori ``bound``, each tested at ``delta / m``. Raises when a cost exceeds the bound (it was no bound)."""
+    cost_cal = np.asarray(cost_cal, dtype=np.float64)
+    if not bound > 0:
+        raise ConfigError(f"the cost bound must be a positive number of tokens; got {bound!r}")
+    over = np.argwhere(cost_cal > bound)
+    if len(over):
+        i, j = over[0]
+        raise ConfigError(f"a question costs {cost_cal[i, j]:g} tokens under candidate {j}, above the cost bound {bound:g}: "
+                          "the bound must hold for every question before the data are seen",
+                          hint="give --cost-bound at least chains x max_tokens plus everything probes may cost")
+    m = cost_cal.shape[1]
+    n = cost_cal.shape[0]
+    if cap >= bound:  # every cost is at most the bound, hence the cap: certain, not estimated
+        p = np.zeros(m)
+    else:
+        p = np.asarray(hb_pvalue(cost_cal.mean(axis=0) / bound, n, cap / bound), dtype=np.float64)
+    return p <= delta / m, p
+
+
+def budget_report(ts, *, cap: float, delta: float = 0.1, families: list[str] | None = None,  # noqa: ANN001
+                  cost_bound: float | None = None) -> dict[str, Any]:
     """Choose the setting on the calibration half and report it on the test half (see the module docstring)."""
     check_level(delta, "delta")
     if not cap > 0:
@@ -87,22 +126,23 @@ def budget_report(ts, *, cap: float, delta: float = 0.1, families: list[str] | N
     n = int(cal.sum())
     if n == 0:
         raise ConfigError(f"trace set '{ts.name}' has no calibration questions")
-    bound = float(cost[cal].max()) if cost[cal].size else 1.0
-    bound = max(bound, 1.0)
+    bound = cost_bound if cost_bound is not None else prior_cost_bound(ts)
     m = len(names)
     mean_cal = cost[cal].mean(axis=0)
     acc_cal = correct[cal].mean(axis=0)
-    if cap >= bound:
-        pvals = np.zeros(m)
+    if bound is None:
+        admissible = np.zeros(m, dtype=bool)
+        guarantee = ("nothing certified: no bound on a question's cost is known before the data (priced probes, or no "
+                     "max_tokens recorded); give one with --cost-bound")
     else:
-        pvals = np.asarray(hb_pvalue(mean_cal / bound, n, cap / bound), dtype=np.float64)
-    admissible = pvals <= delta / m
+        admissible, _ = admissible_settings(cost[cal], cap, float(bound), delta)
+        guarantee = (f"mean cost per question <= {cap:g} tokens with probability >= {1 - delta} for every admissible setting "
+                     f"(Hoeffding-Bentkus, Bonferroni over {m} settings, costs bounded by {bound:g} before the data: "
+                     + ("given" if cost_bound is not None else "chains per question x max_tokens") + ")")
     mean_test, acc_test = cost[test].mean(axis=0), correct[test].mean(axis=0)
     out: dict[str, Any] = {
         "trace_set": ts.name, "cap": cap, "delta": delta, "candidates": m, "n_calibration": n, "n_test": int(test.sum()),
-        "bound": bound, "admissible": int(admissible.sum()),
-        "guarantee": f"mean cost per question <= {cap:g} tokens with probability >= {1 - delta} for every admissible setting "
-                     f"(Hoeffding-Bentkus, Bonferroni over {m} settings, costs bounded by {bound:g}, the largest seen in calibration)",
+        "bound": bound, "admissible": int(admissible.sum()), "guarantee": guarantee,
         "chosen": None, "accuracy": None, "mean_cost": None,
     }
     if admissible.any():

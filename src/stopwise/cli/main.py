@@ -701,8 +701,11 @@ def aggregate_cmd(traces, min_share, json_out) -> None:  # noqa: ANN001
 @click.option("--cap", required=True, type=click.FloatRange(0.0, min_open=True), help="Most tokens per question on average (generated + probe).")
 @_delta
 @click.option("--policy", "policies", multiple=True, help="Only these families (default: every applicable one).")
+@click.option("--cost-bound", default=None, type=click.FloatRange(0.0, min_open=True),
+              help="The most any question can cost (tokens), known before the data; default: chains per question x the "
+                   "set's max_tokens where its probes are free. Without one, nothing is certified.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
-def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
+def budget_cmd(traces, cap, delta, policies, cost_bound, json_out) -> None:  # noqa: ANN001
     """Budget mode: the most accurate policy setting whose mean tokens per question is certified under --cap."""
     from stopwise.budget import budget_report
 
@@ -720,7 +723,7 @@ def budget_cmd(traces, cap, delta, policies, json_out) -> None:  # noqa: ANN001
         traces, f"budget mode: mean tokens per question <= {cap:g} (certified at delta {delta}), most accurate on calibration; test half",
         ("trace set", "admissible", "certified choice", "accuracy (tokens)", "plug-in choice (no bound)", "accuracy (tokens)",
          "best in hindsight under cap", "best in hindsight, no cap"), 2,
-        lambda ts: [budget_report(ts, cap=cap, delta=delta, families=list(policies) or None)], cells, json_out,
+        lambda ts: [budget_report(ts, cap=cap, delta=delta, families=list(policies) or None, cost_bound=cost_bound)], cells, json_out,
         "admissible: the mean cost is certified under the cap (Hoeffding-Bentkus, Bonferroni over the settings); accuracy is "
         "estimated; the plug-in choice only needs its calibration mean under the cap and may exceed it",
     )
