@@ -220,9 +220,30 @@ def _stopwise_methods(ts: TraceSet, donors: Sequence[TraceSet], model_cache: dic
     return out
 
 
+def _stopwise_multi_methods(ts: TraceSet) -> list[Method]:
+    """stopwise's own multi-chain families beside the multi-chain anchors: the anytime-valid ``eprocess_vote`` and
+    the ``combined`` exit-and-sampling policy (fitted on the set's training role, which then never calibrates it)."""
+    out: list[Method] = []
+    if not ts.n_questions or int(ts.chain_counts.max()) < 2:
+        return out
+    for name, label in (("eprocess_vote", lambda v: f"alpha={v:g}"), ("combined", lambda v: f"path index={v:g}")):
+        fam = get_family(name).fit_to(ts)
+        if fam.supports(ts) is not None:
+            continue
+        try:
+            fam = fam.train(ts)
+        except ConfigError:
+            continue
+        res = fam.replay(ts)
+        out.append(Method(f"stopwise {name}", "stopwise", "multi", res, list(range(len(res.grid))), label,
+                          training_mask=fam.training_mask(ts)))
+    return out
+
+
 def anchor_methods(ts: TraceSet, donors: Sequence[TraceSet] = (), model_cache: dict | None = None) -> list[Method]:
     """Every anchor and stopwise policy that can run on ``ts`` (``model_cache`` reuses transfer probes across calls)."""
-    return _single_chain_anchors(ts) + _multi_chain_anchors(ts) + _stopwise_methods(ts, donors, model_cache)
+    return (_single_chain_anchors(ts) + _multi_chain_anchors(ts) + _stopwise_methods(ts, donors, model_cache)
+            + _stopwise_multi_methods(ts))
 
 
 def _probe_auroc(model: ProbeModel, ts: TraceSet, questions: np.ndarray) -> dict[str, Any]:
@@ -369,7 +390,8 @@ def compare_set(
                 continue
             cal = calibrate_family(m.result, fam_calib, ts.n_questions, risk="disagreement", epsilon=eps, delta=delta, k_policies=k)
             if cal.index is None:
-                rows.append(row(eps, name, m.kind, "not certified: full compute", 0.0, 0.0, 0.0, False, **extra))
+                why = "no saving: full compute" if cal.keep_full else "not certified: full compute"
+                rows.append(row(eps, name, m.kind, why, 0.0, 0.0, 0.0, False, **extra))
             else:
                 j = cal.index
                 rows.append(row(eps, name, m.kind, m.label(grid[j]), float(c["saved"][j]), float(c["chains_saved"][j]),

@@ -56,7 +56,7 @@ from stopwise.policies.base import (
     Stop,
     Tokens,
 )
-from stopwise.replay.reference import PolicyError
+from stopwise.policies.base import PolicyError
 
 OpenChain = Callable[[int], Awaitable[ChainHandle]]
 

@@ -44,7 +44,16 @@ from typing import ClassVar, Protocol, Union
 
 import numpy as np
 
+from stopwise.errors import StopwiseError
+
 MISSING = -1
+
+
+class PolicyError(StopwiseError):
+    """A policy broke the protocol (no decision before its chains ran out, an unknown action...).
+
+    Raised by both drivers, the replay driver (:mod:`stopwise.replay.reference`) and the live one
+    (:mod:`stopwise.engine.live`), which are siblings: it lives with the policies they run."""
 
 
 # --- events ---------------------------------------------------------------------

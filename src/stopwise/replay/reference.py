@@ -53,10 +53,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stopwise.errors import ConfigError, StopwiseError
+from stopwise.errors import ConfigError
 from stopwise.policies.base import (
     MISSING,
     Abstain,
+    PolicyError,
     Escalate,
     Family,
     Final,
@@ -73,10 +74,6 @@ from stopwise.policies.base import (
 __all__ = ["PolicyError", "UnitOutcome", "run_reference", "run_unit"]
 
 _NAN = float("nan")
-
-
-class PolicyError(StopwiseError):
-    """A policy broke the protocol (no decision before its chains ran out, an unknown action...)."""
 
 
 @dataclass
