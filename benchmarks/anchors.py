@@ -73,7 +73,7 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
 
-    from stopwise.anchors import EPSILONS, compare_sets, summarize
+    from stopwise.evaluation.anchors import EPSILONS, compare_sets, summarize
     from stopwise.cli.render import render_anchors
     from stopwise.data import bundled_paths
     from stopwise.traces import read_trace_set

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from stopwise.answers import AnswerChecker, extract_answer
     from stopwise.data import BUNDLED_DIR as BUNDLED
     from stopwise.datasets import MATH_SYSTEM
-    from stopwise.routing import cascade_policy, pair_trace_sets, trace_cascade
+    from stopwise.rules.routing import cascade_policy, pair_trace_sets, trace_cascade
     from stopwise.stats.split import split_mask
     from stopwise.traces import read_trace_set
 

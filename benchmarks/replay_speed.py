@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from stopwise.bench import brief_settings
+from stopwise.evaluation.bench import brief_settings
 from stopwise.policies.registry import family_names, prepare_family
 from stopwise.replay.reference import run_reference
 from stopwise.traces.model import Provenance, TraceSet

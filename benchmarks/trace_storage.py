@@ -46,7 +46,7 @@ def _decisions_changed(ts, rounded, progress=print) -> dict:
     (unit, grid point) decisions whose answer, tokens or abstention differ, per family."""
     import numpy as np
 
-    from stopwise.bench import applicable_families
+    from stopwise.evaluation.bench import applicable_families
 
     out = {}
     fams, _ = applicable_families(ts, None, "disagreement")

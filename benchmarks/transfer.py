@@ -35,7 +35,7 @@ def _fmt(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from stopwise.anchors import transfer_report
+    from stopwise.evaluation.anchors import transfer_report
     from stopwise.data import bundled_path
     from stopwise.traces import read_trace_set
 

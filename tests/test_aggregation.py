@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stopwise.aggregation import _pick, aggregation_report
+from stopwise.rules.aggregation import _pick, aggregation_report
 from stopwise.data import bundled_path
 from stopwise.errors import ConfigError
 from stopwise.traces import read_trace_set

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from stopwise.anchors import (
+from stopwise.evaluation.anchors import (
     EPSILONS,
     ROW_KEYS,
     adaptive_consistency_package,
@@ -121,7 +121,7 @@ def test_cli_compare_anchors_json(tmp_path):
 def test_transfer_report_both_probes_on_the_target():
     """The probe trained on one set, certified and tested on another with no shared question, beside the
     target's own in-domain probe (synthetic sets: a unit test of the bookkeeping, not a result)."""
-    from stopwise.anchors import transfer_report
+    from stopwise.evaluation.anchors import transfer_report
     from stopwise.errors import ConfigError
 
     src = synthetic_trace_set(160, 2, mean_tokens=200, seed=11, name="syn-src", id_prefix="s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stopwise.budget import budget_candidates, budget_report
+from stopwise.rules.budget import budget_candidates, budget_report
 from stopwise.data import bundled_path
 from stopwise.errors import ConfigError
 from stopwise.stats.split import split_mask
@@ -42,7 +42,7 @@ def test_the_cost_bound_is_fixed_before_the_data_and_never_taken_from_it():
     with pytest.raises(ConfigError, match="above the cost bound"):
         budget_report(ts, cap=450.0, families=["token_budget", "majority_vote"], cost_bound=100.0)
     # a collected set with free probes derives it from its settings: chains per question x max_tokens
-    from stopwise.budget import prior_cost_bound
+    from stopwise.rules.budget import prior_cost_bound
 
     direct = read_trace_set(bundled_path("gsm8k_qwen05_direct"))
     assert prior_cost_bound(direct) == 16.0
@@ -55,7 +55,7 @@ def test_certified_cap_holds_for_every_admissible_setting_exactly():
     admitted in most draws. The cap is asserted exactly, on the expectations, not on a held-out mean."""
     from scipy import stats
 
-    from stopwise.budget import admissible_settings
+    from stopwise.rules.budget import admissible_settings
 
     rng = np.random.default_rng(0)
     bound, cap, delta, n, draws = 1000.0, 300.0, 0.1, 400, 400

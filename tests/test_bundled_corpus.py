@@ -5,7 +5,7 @@ probe-based family in bench."""
 import numpy as np
 import pytest
 
-from stopwise.bench import applicable_families
+from stopwise.evaluation.bench import applicable_families
 from stopwise.data import bundled_path
 from stopwise.traces.io import read_trace_set
 
@@ -76,7 +76,7 @@ def test_cascade_pair_and_direct_set_share_the_questions(corpus):
 
 
 def test_small_to_large_cascade_on_the_bundled_pair(corpus):
-    from stopwise.routing import pair_trace_sets, trace_cascade
+    from stopwise.rules.routing import pair_trace_sets, trace_cascade
 
     pair = pair_trace_sets(corpus, read_trace_set(bundled_path("gsm8k_qwen15")), chains=4)  # the first 64 questions have 16
     assert pair.chains == 4 and len(pair.question_ids) >= 100

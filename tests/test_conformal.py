@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from stopwise.conformal import answer_sets, candidates, select_answers, selection_scores, validate_selection, validate_sets
+from stopwise.rules.conformal import answer_sets, candidates, select_answers, selection_scores, validate_selection, validate_sets
 from stopwise.data import bundled_path
 from stopwise.errors import ConfigError
 from stopwise.stats.conformal import NONE, benjamini_hochberg, conformal_pvalues, conformal_quantile, nonconformity, prediction_sets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stopwise.data import bundled_path, bundled_routing_paths
-from stopwise.decisions import decision_rows, plot_decisions
+from stopwise.evaluation.decisions import decision_rows, plot_decisions
 from stopwise.traces import read_trace_set
 from stopwise.traces.synthetic import synthetic_trace_set
 

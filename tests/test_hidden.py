@@ -14,7 +14,7 @@ from stopwise.traces import read_trace_set
 
 @pytest.fixture(scope="module")
 def small_set():
-    from stopwise.routing import subset_trace_set
+    from stopwise.rules.routing import subset_trace_set
 
     ts = read_trace_set(bundled_path("gsm8k_qwen05"))
     return subset_trace_set(ts, ts.questions.column("question_id").to_pylist()[:4], 2)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from stopwise.bench import bench_set
+from stopwise.evaluation.bench import bench_set
 from stopwise.data import bundled_path
 from stopwise.errors import ConfigError
 from stopwise.policies.features import FEATURE_GROUPS, ChainFeatures, available_groups, feature_names, set_features

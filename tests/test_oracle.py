@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stopwise.errors import ConfigError, UnknownNameError
-from stopwise.oracle import (
+from stopwise.evaluation.oracle import (
     chain_oracle_positions,
     epsilon_oracle,
     loss_matrix,

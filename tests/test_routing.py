@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stopwise.errors import TraceFormatError
-from stopwise.routing import GRID, cascade, load_routellm, router_losses, validate_cascade
+from stopwise.rules.routing import GRID, cascade, load_routellm, router_losses, validate_cascade
 
 from stopwise.data import ROUTING_DIR
 
@@ -73,7 +73,7 @@ def _synthetic_pair(n=120):
 
 
 def test_pair_trace_sets_matches_questions_and_counts_tokens():
-    from stopwise.routing import pair_trace_sets, subset_trace_set
+    from stopwise.rules.routing import pair_trace_sets, subset_trace_set
 
     small, large = _synthetic_pair()
     qids = small.questions.column("question_id").to_pylist()
@@ -93,7 +93,7 @@ def test_pair_trace_sets_matches_questions_and_counts_tokens():
 
 def test_pair_trace_sets_refuses_too_few_common_questions_and_unlabeled_sets():
     from stopwise.errors import ConfigError
-    from stopwise.routing import pair_trace_sets, subset_trace_set
+    from stopwise.rules.routing import pair_trace_sets, subset_trace_set
 
     small, large = _synthetic_pair()
     few = subset_trace_set(large, small.questions.column("question_id").to_pylist()[:5])
@@ -102,7 +102,7 @@ def test_pair_trace_sets_refuses_too_few_common_questions_and_unlabeled_sets():
 
 
 def test_trace_cascade_certifies_and_reports_costs():
-    from stopwise.routing import pair_trace_sets, trace_cascade
+    from stopwise.rules.routing import pair_trace_sets, trace_cascade
 
     small, large = _synthetic_pair(200)
     pair = pair_trace_sets(small, large)
@@ -131,7 +131,7 @@ def test_cascade_policy_file_loads_in_the_server_and_refuses_when_nothing_is_cer
     import json
 
     from stopwise.errors import ConfigError
-    from stopwise.routing import cascade_policy
+    from stopwise.rules.routing import cascade_policy
     from stopwise.server.app import load_policy
     from stopwise.traces.synthetic import synthetic_trace_set
 
@@ -162,7 +162,7 @@ def test_bundled_small_to_large_cascade_guarantee_holds_where_the_naive_calibrat
     chain scored by its forced-answer probability (a continuous score: the plug-in threshold overshoots), and with the
     vote margin over 4 chains (five distinct values: the plug-in control has no room to fail there)."""
     from stopwise.data import bundled_path
-    from stopwise.routing import pair_trace_sets, validate_trace_cascade
+    from stopwise.rules.routing import pair_trace_sets, validate_trace_cascade
     from stopwise.traces import read_trace_set
 
     small, large = read_trace_set(bundled_path("gsm8k_qwen05")), read_trace_set(bundled_path("gsm8k_qwen15"))
@@ -180,7 +180,7 @@ def test_gsm8k_solutions_loader_and_errors(tmp_path):
     import json
 
     from stopwise.errors import ConfigError
-    from stopwise.routing import load_gsm8k_solutions, load_routing_data
+    from stopwise.rules.routing import load_gsm8k_solutions, load_routing_data
 
     p = tmp_path / "fixture_solutions.jsonl"  # hand-written fixture in the example_model_solutions.jsonl layout
     rec = {"question": "1+1?", "ground_truth": "A: 2"}
@@ -205,7 +205,7 @@ def test_gsm8k_solutions_loader_and_errors(tmp_path):
 
 
 def test_certified_cascade_gpt3_6b_to_175b():
-    from stopwise.routing import load_gsm8k_solutions
+    from stopwise.rules.routing import load_gsm8k_solutions
 
     r = cascade(load_gsm8k_solutions(GPT3), epsilon=0.1)
     assert r["weak_cost"] == 6.0 / 175.0

@@ -11,7 +11,7 @@ import pytest
 
 from stopwise.data import bundled_path
 from stopwise.errors import ConfigError
-from stopwise.selective import question_scores, selective_report
+from stopwise.rules.selective import question_scores, selective_report
 from stopwise.traces import read_trace_set
 from stopwise.traces.synthetic import synthetic_trace_set
 
@@ -78,7 +78,7 @@ def test_auroc_equals_sklearn_with_ties():
 
 
 def test_validate_selective_rows_and_a_control_that_can_fail():
-    from stopwise.selective import validate_selective
+    from stopwise.rules.selective import validate_selective
 
     rows = {r["policy"]: r for r in validate_selective(read_trace_set(bundled_path("qwen25math_math100")), epsilon=0.05, draws=60, seed=2)}
     assert set(rows) >= {"abstain:vote_share", "naive-control:abstain:vote_share", "abstain:probe_agreement"}
@@ -96,7 +96,7 @@ def test_validate_selective_rows_and_a_control_that_can_fail():
 def test_abstention_guarantee_holds_where_the_naive_calibrator_fails():
     """Over 300 random calibration halves of the Qwen2.5-Math set at epsilon 0.05: the certified threshold's
     selective risk on the whole set exceeds epsilon no more often than delta allows; the plug-in threshold's does."""
-    from stopwise.selective import validate_selective
+    from stopwise.rules.selective import validate_selective
 
     rows = {r["policy"]: r for r in validate_selective(read_trace_set(bundled_path("qwen25math_math100")), epsilon=0.05, draws=300, seed=1)}
     for score in ("vote_share", "vote_margin", "probe_agreement"):
@@ -106,7 +106,7 @@ def test_abstention_guarantee_holds_where_the_naive_calibrator_fails():
 
 
 def test_full_risk_coverage_curve_by_hand():
-    from stopwise.selective import _risk_coverage
+    from stopwise.rules.selective import _risk_coverage
 
     # scores 0.9 (right), 0.8 (wrong), 0.8 (right), 0.1 (wrong): ties end together
     c = _risk_coverage(np.array([0.8, 0.9, 0.1, 0.8]), np.array([True, False, True, False]))
@@ -115,7 +115,7 @@ def test_full_risk_coverage_curve_by_hand():
 
 
 def test_dual_threshold_regions_and_certificate():
-    from stopwise.selective import dual_threshold_report
+    from stopwise.rules.selective import dual_threshold_report
 
     ts = synthetic_trace_set(600, 6, p_correct=0.7, seed=5)  # synthetic: large enough for both thresholds to certify
     r = dual_threshold_report(ts, score="vote_share", epsilon_answer=0.15, epsilon_set=0.2)
@@ -135,7 +135,7 @@ def test_dual_threshold_regions_and_certificate():
 
 
 def test_learned_probe_score_keeps_its_training_questions_out_of_calibration():
-    from stopwise.selective import learned_probe_score
+    from stopwise.rules.selective import learned_probe_score
     from stopwise.stats.split import split_mask, training_mask
 
     ts = read_trace_set(bundled_path("r1_gsm8k"))

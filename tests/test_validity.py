@@ -6,7 +6,7 @@ certified family; the naive calibrator must visibly violate somewhere.
 
 import pytest
 
-from stopwise.bench import validate_controls, validate_set
+from stopwise.evaluation.bench import validate_controls, validate_set
 from stopwise.data import bundled_path, bundled_paths
 from stopwise.traces import read_trace_set
 
@@ -51,7 +51,7 @@ def test_learned_exit_guarantee_holds_where_the_naive_calibrator_fails(name):
 
 def test_transferred_learned_exit_guarantee_holds():
     """A probe trained on MATH traces, re-certified on a GSM8K set whose every question is in the population."""
-    from stopwise.calibrate import validate_family
+    from stopwise.rules.calibrate import validate_family
     from stopwise.policies.learned import LearnedExit, train_probe_model
 
     donors = [read_trace_set(bundled_path(n)) for n in ("qwq_math52", "r1_math52", "dsq_math52", "limo_math52", "s1_math52")]
@@ -77,7 +77,7 @@ def test_combined_policy_guarantee_holds_where_the_naive_calibrator_fails():
     # population risk of the first step of the path at or above 0.1, so that a plug-in choice of the next step
     # overshoots when its calibration risk comes out low (a control that can fail), while the certified choice
     # has the safer steps to fall back on
-    from stopwise.calibrate import population_losses, subset_result
+    from stopwise.rules.calibrate import population_losses, subset_result
     from stopwise.policies.registry import prepare_family
 
     fam = prepare_family("combined", ts)

@@ -244,7 +244,7 @@ def serve_cmd(config_file: Path | None, policies: tuple[Path, ...], **flags: Any
 def inspect_cmd(dirs: tuple[Path, ...], json_out: Path | None) -> None:
     """Summarize trace sets (default: every bundled set)."""
     from stopwise.cli.render import render_summary
-    from stopwise.report.inspect import summarize
+    from stopwise.evaluation.report.inspect import summarize
 
     sets = _load_sets(dirs)
     summaries = []
@@ -293,7 +293,7 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
     from rich.progress import Progress
 
     if compare == "anchors":
-        from stopwise.anchors import compare_sets, summarize
+        from stopwise.evaluation.anchors import compare_sets, summarize
         from stopwise.cli.render import render_anchors
 
         sets = _load_sets(traces)
@@ -308,7 +308,7 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
             console.print(f"rows written to {json_out}")
         return
 
-    from stopwise.bench import bench_set
+    from stopwise.evaluation.bench import bench_set
     from stopwise.cli.render import render_bench
 
     sets = _load_sets(traces)
@@ -332,11 +332,11 @@ def bench_cmd(traces, risk, epsilon, delta, seed, policies, chain_mode, json_out
             _write_json(dpath, drows)
             console.print(f"decision rows written to {dpath}")
     if report_dir:
-        from stopwise.report.html import write_report
+        from stopwise.evaluation.report.html import write_report
 
         images = []
         if drows:
-            from stopwise.decisions import plot_decisions
+            from stopwise.evaluation.decisions import plot_decisions
 
             images = plot_decisions(drows, report_dir)
         path = write_report(benches, report_dir, decisions=drows, images=[p.name for p in images])
@@ -348,7 +348,7 @@ def _bench_decisions(sets: list, *, bundled: bool, epsilon: float, delta: float,
 
     from stopwise.cli.render import render_decisions
     from stopwise.data import bundled_cascade_pairs, bundled_routing_paths
-    from stopwise.decisions import decision_rows
+    from stopwise.evaluation.decisions import decision_rows
     from stopwise.traces import read_trace_set
 
     by_name = {ts.name: ts for ts in sets}
@@ -403,7 +403,7 @@ def _prepared_family(policy: str, ts, settings_from: Path | None):  # noqa: ANN0
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def replay_cmd(traces, policy, risk, settings_from, json_out) -> None:  # noqa: ANN001
     """Replay one family over a trace set: risk, tokens and chains at every grid point."""
-    from stopwise.calibrate import question_losses
+    from stopwise.rules.calibrate import question_losses
     from stopwise.policies.base import unit_losses
     from stopwise.cli.render import render_replay
     from stopwise.traces import read_trace_set
@@ -455,7 +455,7 @@ def calibrate_cmd(traces, policy, risk, epsilon, delta, seed, guarantee, chain_m
     """
     import numpy as np
 
-    from stopwise.calibrate import calibrate_family, policy_file
+    from stopwise.rules.calibrate import calibrate_family, policy_file
     from stopwise.stats.pvalues import min_certifiable_epsilon
     from stopwise.stats.split import split_mask
     from stopwise.traces import read_trace_set
@@ -534,7 +534,7 @@ _CASCADE_SCORES = ("vote_share", "vote_margin", "probe_agreement", "probe_confid
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows with the risk-coverage curves.")
 def abstain_cmd(traces, epsilon, delta, dual_score, epsilon_set, json_out) -> None:  # noqa: ANN001
     """Selective answering: AUROC of each confidence score, and the certified 'answer only above t' rule."""
-    from stopwise.selective import dual_threshold_report, selective_report
+    from stopwise.rules.selective import dual_threshold_report, selective_report
 
     if dual_score:
         def pct(x: float | None) -> str:
@@ -571,7 +571,7 @@ def abstain_cmd(traces, epsilon, delta, dual_score, epsilon_set, json_out) -> No
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def sets_cmd(traces, alpha, score, json_out) -> None:  # noqa: ANN001
     """Conformal answer sets over each question's chain answers: calibrate on the hashed half, report the other."""
-    from stopwise.conformal import answer_sets
+    from stopwise.rules.conformal import answer_sets
 
     _report_per_set(
         traces, f"conformal answer sets ({score}, alpha {alpha}): test half",
@@ -596,7 +596,7 @@ def sets_cmd(traces, alpha, score, json_out) -> None:  # noqa: ANN001
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Rows, with the released question ids.")
 def select_cmd(traces, q, score, json_out) -> None:  # noqa: ANN001
     """Conformal selection: which majority answers to release so that FDR <= q (BH on conformal p-values)."""
-    from stopwise.conformal import select_answers
+    from stopwise.rules.conformal import select_answers
 
     _report_per_set(
         traces, f"conformal selection at FDR q = {q}: test half",
@@ -674,7 +674,7 @@ def aggregate_cmd(traces, min_share, json_out) -> None:  # noqa: ANN001
     """Which answer to return from k chains: majority, confidence-weighted, reward-weighted, best-of-N, Best-of-Majority."""
     from rich.table import Table
 
-    from stopwise.aggregation import aggregation_report
+    from stopwise.rules.aggregation import aggregation_report
     from stopwise.errors import ConfigError
 
     out = []
@@ -707,7 +707,7 @@ def aggregate_cmd(traces, min_share, json_out) -> None:  # noqa: ANN001
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None)
 def budget_cmd(traces, cap, delta, policies, cost_bound, json_out) -> None:  # noqa: ANN001
     """Budget mode: the most accurate policy setting whose mean tokens per question is certified under --cap."""
-    from stopwise.budget import budget_report
+    from stopwise.rules.budget import budget_report
 
     def cells(r: dict[str, Any]) -> tuple[str, ...]:
         h, u, e = r.get("hindsight"), r["uncapped_best"], r.get("estimated")
@@ -759,7 +759,7 @@ def route_cmd(data_path, weak, strong, small, large, chains, large_chains, score
     Either RouteLLM-style response data (--data: a router is trained on a disjoint split) or two trace sets of a
     small and a large model on the same questions (--small/--large: the small model's own confidence decides).
     """
-    from stopwise.routing import cascade, load_routing_data
+    from stopwise.rules.routing import cascade, load_routing_data
 
     if (data_path is None) == (small is None or large is None) or (small is None) != (large is None):
         raise click.UsageError("give either --data CSV or both --small DIR and --large DIR")
@@ -779,7 +779,7 @@ def route_cmd(data_path, weak, strong, small, large, chains, large_chains, score
             _write_json(json_out, r)
         return
     from stopwise.cli.render import render_cascades
-    from stopwise.routing import pair_trace_sets, trace_cascade
+    from stopwise.rules.routing import pair_trace_sets, trace_cascade
     from stopwise.traces import read_trace_set
 
     pair = pair_trace_sets(read_trace_set(small), read_trace_set(large), chains=chains, large_chains=large_chains)
@@ -791,7 +791,7 @@ def route_cmd(data_path, weak, strong, small, large, chains, large_chains, score
     if json_out:
         _write_json(json_out, rows)
     if policy_out:
-        from stopwise.routing import cascade_policy
+        from stopwise.rules.routing import cascade_policy
 
         doc = cascade_policy(read_trace_set(small), read_trace_set(large), chains=chains or pair.chains, epsilon=epsilon, delta=delta,
                              weak_token_price=weak_token_price)
@@ -846,7 +846,7 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
     marginal: list[dict[str, Any]] = []
     sets = _load_sets(traces) if chosen - {"cascade"} else []
     if "stop" in chosen:
-        from stopwise.bench import validate_controls, validate_set
+        from stopwise.evaluation.bench import validate_controls, validate_set
 
         for ts in sets:
             rows += validate_set(ts, families=policies or None, risk=risk, epsilon=epsilon, delta=delta, n_calibration=n_calibration,
@@ -854,12 +854,12 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
         rows += validate_controls(epsilon=epsilon, delta=delta, draws=draws, seed=seed)
     labeled = [ts for ts in sets if ts.has("correct")]
     if "abstain" in chosen:
-        from stopwise.selective import validate_selective
+        from stopwise.rules.selective import validate_selective
 
         for ts in labeled:
             rows += validate_selective(ts, epsilon=epsilon, delta=delta, draws=draws, seed=seed)
     if "sets" in chosen or "select" in chosen:
-        from stopwise.conformal import validate_selection, validate_sets
+        from stopwise.rules.conformal import validate_selection, validate_sets
 
         for ts in labeled:
             if "sets" in chosen:
@@ -868,7 +868,7 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
                 marginal.append({"check": f"selection, FDR <= {q:g}", **validate_selection(ts, q=q, draws=draws, seed=seed)})
     if "cascade" in chosen:
         rows += _validate_cascades(small, large, routing_data, epsilon=epsilon, delta=delta, draws=draws, seed=seed)
-    from stopwise.bench import validation_verdicts
+    from stopwise.evaluation.bench import validation_verdicts
 
     ok, problems = validation_verdicts(rows, marginal, level=level)
     if rows:
@@ -890,7 +890,7 @@ def validate_cmd(traces, decisions, policies, risk, epsilon, delta, alpha, q, sm
 
 def _validate_cascades(small, large, routing_data, **kw: Any) -> list[dict[str, Any]]:  # noqa: ANN001
     from stopwise.data import bundled_cascade_pairs, bundled_routing_paths
-    from stopwise.routing import load_routing_data, pair_trace_sets, validate_cascade, validate_trace_cascade
+    from stopwise.rules.routing import load_routing_data, pair_trace_sets, validate_cascade, validate_trace_cascade
     from stopwise.traces import read_trace_set
 
     pairs = [(small, large)] if small is not None else ([] if routing_data is not None else bundled_cascade_pairs())

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.calibrate import calibrate_losses
-from stopwise.conformal import SCORES, question_scores
+from stopwise.rules.calibrate import calibrate_losses
+from stopwise.rules.conformal import SCORES, question_scores
 from stopwise.errors import ConfigError
 from stopwise.stats.ltt import check_level
 from stopwise.stats.ranking import auroc
@@ -88,7 +88,7 @@ def validate_selective(ts, *, epsilon: float = 0.05, delta: float = 0.1, draws: 
     the violation frequency is consistent with ``<= delta`` (one-sided binomial
     test at 1%, as for the stopping rules).
     """
-    from stopwise.calibrate import validation_row
+    from stopwise.rules.calibrate import validation_row
     from stopwise.stats.validate import validation_result
 
     if not ts.has("correct"):
@@ -132,7 +132,7 @@ def learned_probe_score(ts) -> tuple[np.ndarray, np.ndarray] | None:  # noqa: AN
     (0 when none). ``trained`` marks the questions the probe was fitted on:
     they must stay out of calibration.
     """
-    from stopwise.conformal import selection_scores
+    from stopwise.rules.conformal import selection_scores
     from stopwise.policies.base import MISSING
     from stopwise.policies.features import set_features
     from stopwise.policies.learned import train_probe_model
@@ -240,7 +240,7 @@ def dual_threshold_report(ts, *, score: str = "vote_share", epsilon_answer: floa
     ``t_set`` is output. Both grids are read off the training role, which never
     calibrates.
     """
-    from stopwise.conformal import candidates
+    from stopwise.rules.conformal import candidates
     from stopwise.stats.conformal import NONE
 
     if not ts.has("correct"):

@@ -11,7 +11,7 @@ saved, and the fraction of the epsilon-oracle's savings it reaches.
 The epsilon-oracle is family-free: with hindsight, every unit may stop at any
 logged probe (single-chain families) or after any number of chains (multi-chain
 families), and the best total savings at a mean loss <= epsilon on the test
-half is reported (:func:`stopwise.oracle.epsilon_oracle`).
+half is reported (:func:`stopwise.evaluation.oracle.epsilon_oracle`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.calibrate import calibrate_family, question_losses, question_mean, subset_result
+from stopwise.rules.calibrate import calibrate_family, question_losses, question_mean, subset_result
 from stopwise.policies.base import unit_losses
-from stopwise.oracle import epsilon_oracle, stop_anywhere_result
+from stopwise.evaluation.oracle import epsilon_oracle, stop_anywhere_result
 from stopwise.policies.base import MISSING
 from stopwise.errors import ConfigError
 from stopwise.policies.registry import family_names, get_family
@@ -163,7 +163,7 @@ def validate_set(
 ) -> list[dict[str, Any]]:
     """``stopwise validate`` on one set: LTT (or the broken ``calibrator="naive"``) and the naive control for every
     applicable family."""
-    from stopwise.calibrate import validate_family
+    from stopwise.rules.calibrate import validate_family
 
     fams, _ = applicable_families(ts, families, risk)
     n = n_calibration or max(ts.n_questions // 2, 1)
@@ -230,7 +230,7 @@ def _is_control(policy: str) -> bool:
 
 def validate_controls(*, epsilon: float, delta: float, draws: int, seed: int = 0) -> list[dict[str, Any]]:
     """Synthetic losses with a closed-form risk: LTT must hold, the naive calibrator must violate."""
-    from stopwise.calibrate import validation_row
+    from stopwise.rules.calibrate import validation_row
     from stopwise.stats.validate import ltt_calibrator, naive_calibrator, synthetic_population, validate_calibrator
 
     pop, _ = synthetic_population(600, 50, seed=seed)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.calibrate import calibrate_losses
+from stopwise.rules.calibrate import calibrate_losses
 from stopwise.stats.ltt import cheapest_certified
 from stopwise.errors import ConfigError, TraceFormatError
 from stopwise.stats.ranking import auroc
@@ -299,7 +299,7 @@ def cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, wea
 
 def validate_cascade(data: RoutingData, *, epsilon: float = 0.02, delta: float = 0.1, draws: int = 300, seed: int = 0) -> list[dict[str, Any]]:
     """The cascade's guarantee over random calibration draws from the non-training questions (LTT and the naive control)."""
-    from stopwise.calibrate import validation_row
+    from stopwise.rules.calibrate import validation_row
     from stopwise.stats.validate import ltt_calibrator, naive_calibrator, validate_calibrator
 
     train = training_mask(data.question_ids, TRAIN_FRACTION)
@@ -393,11 +393,11 @@ def pair_trace_sets(small, large, *, chains: int | None = None, large_chains: in
     """Pair a small and a large model's sets on their common questions (matched by question id).
 
     The small model's answer is the majority of its first ``chains`` chains
-    (all by default; the large model's first ``large_chains``), scored by every score of :func:`stopwise.conformal.question_scores`,
+    (all by default; the large model's first ``large_chains``), scored by every score of :func:`stopwise.rules.conformal.question_scores`,
     which uses only what exists when the small model has finished; the large
     model's answer is the majority of its chains. Correctness is the label.
     """
-    from stopwise.conformal import question_scores, selection_scores
+    from stopwise.rules.conformal import question_scores, selection_scores
 
     for ts in (small, large):
         if not ts.has("correct"):
@@ -455,7 +455,7 @@ def trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: 
 def validate_trace_cascade(pair: TracePair, *, score: str, epsilon: float = 0.05, delta: float = 0.1, draws: int = 300,
                            seed: int = 0) -> list[dict[str, Any]]:
     """The trace cascade's guarantee over random calibration halves of the pair's questions (LTT and the naive control)."""
-    from stopwise.calibrate import validation_row
+    from stopwise.rules.calibrate import validation_row
     from stopwise.stats.validate import ltt_calibrator, naive_calibrator, validate_calibrator
 
     loss, _ = cascade_losses(pair.weak_ok, pair.strong_ok, pair.scores[score])
@@ -483,7 +483,7 @@ def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: f
     no threshold is certified, or when none costs less than the large model alone
     (then serve the large model alone).
     """
-    from stopwise.calibrate import Calibration, policy_file
+    from stopwise.rules.calibrate import Calibration, policy_file
     from stopwise.policies.registry import get_family
 
     if chains < 2:

@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from stopwise.bench import held_out_curves
-from stopwise.calibrate import calibrate_family, subset_result
+from stopwise.evaluation.bench import held_out_curves
+from stopwise.rules.calibrate import calibrate_family, subset_result
 from stopwise.errors import ConfigError
-from stopwise.oracle import epsilon_oracle, stop_anywhere_result
+from stopwise.evaluation.oracle import epsilon_oracle, stop_anywhere_result
 from stopwise.policies.base import MISSING, ReplayResult, unit_losses
 from stopwise.policies.features import available_groups, set_features
 from stopwise.policies.learned import LearnedExit, ProbeModel, probe_labels, train_probe_model

@@ -31,7 +31,7 @@ __all__ = ["decision_rows", "plot_decisions"]
 
 
 def _abstention(ts, epsilon: float, delta: float) -> list[dict[str, Any]]:  # noqa: ANN001 - TraceSet
-    from stopwise.selective import selective_report
+    from stopwise.rules.selective import selective_report
 
     return [{
         "kind": "abstention", "data": ts.name, "method": r["score"], "certified": r["certified"], "threshold": r["threshold"],
@@ -43,7 +43,7 @@ def _abstention(ts, epsilon: float, delta: float) -> list[dict[str, Any]]:  # no
 
 
 def _sets_and_selection(ts, alpha: float, q: float) -> list[dict[str, Any]]:  # noqa: ANN001
-    from stopwise.conformal import answer_sets, select_answers
+    from stopwise.rules.conformal import answer_sets, select_answers
 
     s = answer_sets(ts, alpha=alpha, score="lac")
     sel = select_answers(ts, q=q)
@@ -81,7 +81,7 @@ def decision_rows(
     progress: Any = None,
 ) -> list[dict[str, Any]]:
     """Every decision row for ``sets`` (those with labels), the trace-set cascade pairs and the routing data files."""
-    from stopwise.routing import cascade, is_direct, load_routing_data, pair_trace_sets, trace_cascade
+    from stopwise.rules.routing import cascade, is_direct, load_routing_data, pair_trace_sets, trace_cascade
     from stopwise.stats.ltt import check_level
 
     for value, name in ((epsilon, "epsilon"), (delta, "delta"), (alpha, "alpha"), (q, "q")):
