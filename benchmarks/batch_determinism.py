@@ -57,7 +57,8 @@ def _noise(alone: list, other: list, n: int) -> dict[str, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> dict:
     from stopwise.backends.base import Sampling
-    from stopwise.backends.llamacpp import BatchEngine, build_info, chat_template, render_chat_template
+    from stopwise.backends.chat import chat_template, render_chat_template
+    from stopwise.backends.llama_engine import BatchEngine, build_info
     from stopwise.models import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -3,7 +3,7 @@
 Same model, same prompt (a GSM8K question in the model's chat template), same
 sampling settings (temperature 0.7, top-p 0.95, top-k 40) in one run:
 
-* ``stopwise batch, N chains``: :class:`stopwise.backends.llamacpp.BatchEngine`
+* ``stopwise batch, N chains``: :class:`stopwise.backends.llama_engine.BatchEngine`
   decoding N chains of one prompt together (one ``llama_decode`` per step, the
   prompt prefilled once and shared), with the numpy per-token statistics
   (chosen logprob, top-5, entropy, top-20 confidence) computed for every token;
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from stopwise.backends.base import Sampling
-    from stopwise.backends.llamacpp import BatchEngine, render_chat_template
+    from stopwise.backends.chat import render_chat_template
+    from stopwise.backends.llama_engine import BatchEngine
     from stopwise.datasets import MATH_SYSTEM
     from stopwise.models import resolve_model
 

@@ -29,4 +29,4 @@ rm -rf build/native/wheel build/native/site
 CMAKE_ARGS="$ARGS" \
   pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -w build/native/wheel
 pip install --no-deps --upgrade --target build/native/site build/native/wheel/llama_cpp_python-"$VERSION"-*.whl
-PYTHONPATH=build/native/site python -c "from stopwise.backends.llamacpp import build_info; print(build_info())"
+PYTHONPATH=build/native/site python -c "from stopwise.backends.llama_engine import build_info; print(build_info())"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stopwise.backends.base import Sampling
-from stopwise.backends.llamacpp import logit_stats, sample_token
+from stopwise.backends.llama_engine import logit_stats, sample_token
 from stopwise.backends.probes import forced_answer as probe_answer
 from stopwise.backends.probes import token_cue
 from stopwise.collect import chain_seed

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stopwise.backends.llamacpp import build_info
+from stopwise.backends.llama_engine import build_info
 from stopwise.collect import CollectConfig, collect, read_chunks
 from stopwise.errors import ConfigError
 from stopwise.traces.io import read_trace_set

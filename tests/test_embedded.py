@@ -24,7 +24,7 @@ PROMPT = "<|im_start|>user\nWhat is 12 times 7? Think step by step.<|im_end|>\n<
 
 @pytest.fixture(scope="module")
 def engine(smollm2_path):
-    from stopwise.backends.llamacpp import BatchEngine
+    from stopwise.backends.llama_engine import BatchEngine
 
     eng = BatchEngine(smollm2_path, n_ctx_seq=512, n_seq_max=24, n_threads=2)
     yield eng
@@ -229,7 +229,7 @@ def test_a_probe_longer_than_a_batch_is_prefilled_in_parts(smollm2_path):
     """A probe on a released chain prefills its whole prefix; where that is longer than n_batch it
     is prefilled over several steps (it used to wait for room forever), and it reads what the probe
     taken on time read."""
-    from stopwise.backends.llamacpp import BatchEngine
+    from stopwise.backends.llama_engine import BatchEngine
 
     eng = BatchEngine(smollm2_path, n_ctx_seq=256, n_seq_max=4, n_threads=2, n_batch=48)
     try:

@@ -12,10 +12,10 @@ from scipy import integrate, special
 
 from stopwise.errors import ConfigError
 from stopwise.policies.base import MISSING, Final, Finished, Spawn, Stop, Tokens
+from stopwise.policies.deepconf import DeepConfOnline
 from stopwise.policies.multi import (
     ESC,
     AdaptiveConsistency,
-    DeepConfOnline,
     FirstFinish,
     MajorityVote,
     VoteMarginAbstain,

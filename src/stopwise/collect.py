@@ -501,7 +501,8 @@ def collect(
     pathlib.Path or None
         The written trace set, or None if stopped before the end.
     """
-    from stopwise.backends.llamacpp import BatchEngine, render_chat_template
+    from stopwise.backends.chat import render_chat_template
+    from stopwise.backends.llama_engine import BatchEngine
     from stopwise.models import resolve_model
 
     out = Path(out)

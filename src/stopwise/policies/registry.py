@@ -32,7 +32,7 @@ FAMILIES: dict[str, str] = {
     "combined": "stopwise.policies.combined:CombinedExit",
     "esc": "stopwise.policies.multi:ESC",
     "first_finish": "stopwise.policies.multi:FirstFinish",
-    "deepconf_online": "stopwise.policies.multi:DeepConfOnline",
+    "deepconf_online": "stopwise.policies.deepconf:DeepConfOnline",
     "vote_margin_abstain": "stopwise.policies.multi:VoteMarginAbstain",
 }
 
