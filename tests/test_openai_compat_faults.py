@@ -185,15 +185,9 @@ def test_generation_is_not_retried_but_probes_are():
         close()
 
 
-def test_a_probe_is_read_and_paid_for_up_to_its_answers_end():
-    """A server that writes on after the closing brace: the probe's text, logprob and decoded tokens
-    stop at the answer's end (as the embedded engine decodes a probe), and it is asked to stop at a
-    newline."""
-    bodies = []
-    answer = {"choices": [{"text": "18}$. So", "logprobs": {
-        "tokens": ["1", "8", "}", "$.", " So"], "token_logprobs": [-0.5, -0.25, -0.125, -2.0, -3.0],
-        "top_logprobs": [{"1": -0.5}, {"8": -0.25}, {"}": -0.125}, {"$.": -2.0}, {" So": -3.0}]}}],
-        "usage": {"prompt_tokens": 30, "completion_tokens": 5}}
+def _recording_upstream(answer: dict):
+    """A fake upstream that answers every request with ``answer`` and records the JSON bodies it was sent."""
+    bodies: list[dict] = []
 
     def handler(conn, stop):
         bodies.append(json.loads(read_request(conn)[1]))
@@ -201,6 +195,18 @@ def test_a_probe_is_read_and_paid_for_up_to_its_answers_end():
         conn.close()
 
     url, close = fake_upstream(handler)
+    return bodies, url, close
+
+
+def test_a_probe_is_read_and_paid_for_up_to_its_answers_end():
+    """A server that writes on after the closing brace: the probe's text, logprob and decoded tokens
+    stop at the answer's end (as the embedded engine decodes a probe), and it is asked to stop at a
+    newline."""
+    answer = {"choices": [{"text": "18}$. So", "logprobs": {
+        "tokens": ["1", "8", "}", "$.", " So"], "token_logprobs": [-0.5, -0.25, -0.125, -2.0, -3.0],
+        "top_logprobs": [{"1": -0.5}, {"8": -0.25}, {"}": -0.125}, {"$.": -2.0}, {" So": -3.0}]}}],
+        "usage": {"prompt_tokens": 30, "completion_tokens": 5}}
+    bodies, url, close = _recording_upstream(answer)
     try:
         text, lp, prefill, dec = _run(url, lambda be: be.continue_prefix("q", [], "A: \\boxed{", 8))
     finally:
@@ -212,16 +218,9 @@ def test_a_probe_is_read_and_paid_for_up_to_its_answers_end():
 def test_ignore_eos_is_sent_only_when_asked():
     """``Sampling(ignore_eos=True)`` reaches the upstream as vLLM's and llama.cpp server's ``ignore_eos``; by
     default the field is absent, so an upstream that rejects unknown fields (OpenAI's) never sees it."""
-    bodies = []
     answer = {"choices": [{"text": "ok", "logprobs": {"tokens": ["ok"], "token_logprobs": [-0.5], "top_logprobs": [{"ok": -0.5}]},
                            "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
-
-    def handler(conn, stop):
-        bodies.append(json.loads(read_request(conn)[1]))
-        conn.sendall(_http(200, answer))
-        conn.close()
-
-    url, close = fake_upstream(handler)
+    bodies, url, close = _recording_upstream(answer)
     try:
         _run(url, lambda be: be.sample("x", Sampling(max_tokens=1, seed=7, ignore_eos=True), 1))
         _run(url, lambda be: be.sample("x", Sampling(max_tokens=1, seed=7), 1))
