@@ -155,7 +155,7 @@ def render_cascades(console: Console, rows: list[dict[str, Any]]) -> None:
         t.add_row(r["score"], str(r["chains"]), "yes" if r["certified"] else escape(r.get("decision", "no")),
                   "-" if r["threshold"] is None else f"{r['threshold']:g}",
                   "-" if r["router_auroc"] is None else f"{r['router_auroc']:.3f}", _pct(r["accuracy_cascade"]),
-                  _pct(r["accuracy_strong"]), _pct(r["escalated"]), f"{r['tokens_weak']:.0f}",
+                  _pct(r["accuracy_strong"]), _pct(r["escalated"]), "-" if r["threshold"] is None else f"{r['tokens_weak']:.0f}",
                   f"{r['tokens_cascade_strong']:.0f}", f"{r['cost']:.0f}", f"{r['cost_strong']:.0f}",
                   _pct(r["oracle_escalated"]), f"{r['oracle_cost']:.0f}")
     console.print(t)
