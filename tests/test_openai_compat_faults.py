@@ -302,7 +302,7 @@ def test_a_failing_chain_stops_its_siblings_cleanly_in_a_collection(tmp_path, re
 
 
 def test_a_probe_retry_waits_for_retry_after():
-    from stopwise.backends.openai_compat import _retry_after
+    from stopwise.backends.openai_wire import retry_after as _retry_after
 
     assert _retry_after("2") == 2.0 and _retry_after(None) is None and _retry_after("soon") is None
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait

@@ -28,160 +28,32 @@ stream, which is how every one of these servers learns to stop generating.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from stopwise.backends.base import Backend, Capabilities, ChainResult, Sampling, TokenStep
+from stopwise.backends.base import (
+    Backend,
+    Capabilities,
+    ChainResult,
+    Sampling,
+    TokenStep,
+)
+from stopwise.backends.openai_wire import (
+    DONE,
+    MAX_RETRY_AFTER,
+    SHAPE_HINT,
+    STALL_HINT,
+    ClientShards,
+    choices_of,
+    httpx_module,
+    retry_after,
+    steps_from_chat_logprobs,
+    steps_from_completion_logprobs,
+)
 from stopwise.backends.probes import forced_span
-from stopwise.errors import BackendError, MissingExtraError
-
-
-_DONE = object()  # the [DONE] line of a stream
-MAX_RETRY_AFTER = 30.0  # seconds: the longest Retry-After a probe retry waits
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils
-    import time
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time()) if when is not None else None
-
-
-class _ClientShards:
-    """httpx clients of at most ``per`` connections each; each request takes the least busy one.
-
-    httpcore's connection pool walks every connection it holds (with a socket poll
-    per idle one) on each request and each release, so one pool's cost per
-    request grows with its size (encode/httpcore#1035): with one pool of 256
-    kept-alive connections, pool bookkeeping was 45% of the proxy's CPU at 64
-    concurrent streams. Small pools bound that walk; clients are made as needed,
-    up to ``max_connections`` connections in all.
-    """
-
-    def __init__(self, make: Any, max_connections: int, per: int = 16) -> None:
-        self.make = make  # per -> httpx.AsyncClient
-        self.per = max(1, min(per, max_connections))
-        self.n_max = max(1, -(-max_connections // self.per))
-        self.clients: list[Any] = []
-        self.busy: list[int] = []
-
-    @contextlib.asynccontextmanager
-    async def use(self) -> AsyncIterator[Any]:
-        i = min(range(len(self.busy)), key=self.busy.__getitem__) if self.busy else -1
-        if i < 0 or (self.busy[i] >= self.per and len(self.clients) < self.n_max):
-            self.clients.append(self.make(self.per))
-            self.busy.append(0)
-            i = len(self.clients) - 1
-        self.busy[i] += 1
-        client = self.clients[i]
-        try:
-            yield client
-        finally:
-            if i < len(self.clients) and self.clients[i] is client:  # aclose() may have emptied the shards
-                self.busy[i] -= 1
-
-    async def aclose(self) -> None:
-        for c in self.clients:
-            await c.aclose()
-        self.clients, self.busy = [], []
-
-
-def _httpx():
-    try:
-        import httpx
-    except ImportError as exc:
-        raise MissingExtraError("the OpenAI-compatible HTTP backend", "http", "httpx") from exc
-    return httpx
-
-
-_STALL_HINT = "the server is overloaded or stalled; raise read_timeout if it is slow"
-_SHAPE_HINT = "is this an OpenAI-compatible /v1/completions endpoint? (vLLM, SGLang, llama.cpp's server and Ollama are)"
-
-
-def _steps_from_completion_logprobs(lp: dict[str, Any] | None, text: str, *, what: str = "completion",
-                                    require: bool = False) -> list[TokenStep]:
-    """TokenSteps from the legacy completions ``logprobs`` object (tokens, token_logprobs, top_logprobs).
-
-    A ``logprobs`` object whose arrays differ in length, or whose values are not numbers,
-    is an error (zipping them would silently drop tokens). With ``require``, text that
-    comes without logprobs is an error too (a collection must not record NaN chains).
-    """
-    if not lp or not lp.get("tokens"):
-        if require and text:
-            raise BackendError(f"{what}: the upstream sent text without logprobs", retryable=False,
-                               hint="this server does not return logprobs on /v1/completions; collection needs them "
-                               "(vLLM, SGLang and llama.cpp's server return them)")
-        return [TokenStep(text=text)] if text else []
-    try:
-        toks = lp["tokens"]
-        n = len(toks)
-        tops = lp.get("top_logprobs") or [None] * n
-        lps = lp.get("token_logprobs") or [None] * n
-        if not (isinstance(toks, list) and isinstance(tops, list) and isinstance(lps, list)) or len(tops) != n or len(lps) != n:
-            raise ValueError(f"tokens, token_logprobs and top_logprobs have {n}, {len(lps)} and {len(tops)} entries")
-        out = []
-        for tok, l, top in zip(toks, lps, tops):
-            items = sorted((top or {}).items(), key=lambda kv: -float(kv[1]))
-            out.append(
-                TokenStep(
-                    text=str(tok),
-                    logprob=math.nan if l is None else float(l),
-                    top_tokens=[str(k) for k, _ in items],
-                    top_logprobs=[float(v) for _, v in items],
-                )
-            )
-    except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise BackendError(f"{what}: malformed logprobs from the upstream: {exc}", retryable=False, hint=_SHAPE_HINT) from exc
-    return out
-
-
-def _choices(obj: Any, what: str) -> list[dict[str, Any]]:
-    """The ``choices`` of a response or stream event, checked to be a list of objects."""
-    ch = obj.get("choices") if isinstance(obj, dict) else None
-    if ch is None and isinstance(obj, dict):
-        return []
-    if not isinstance(ch, list) or not all(isinstance(c, dict) for c in ch):
-        raise BackendError(f"{what}: malformed response from the upstream (no list of choice objects): {str(obj)[:160]!r}",
-                           retryable=False, hint=_SHAPE_HINT)
-    return ch
-
-
-def _steps_from_chat_logprobs(lp: dict[str, Any] | None, text: str) -> list[TokenStep]:
-    """TokenSteps from the chat ``logprobs.content`` list."""
-    content = (lp or {}).get("content") if lp else None
-    if not content:
-        return [TokenStep(text=text)] if text else []
-    out = []
-    try:
-        for e in content:
-            tops = e.get("top_logprobs") or []
-            out.append(
-                TokenStep(
-                    text=str(e.get("token", "")),
-                    logprob=float(e.get("logprob", math.nan)),
-                    top_tokens=[str(t.get("token", "")) for t in tops],
-                    top_logprobs=[float(t.get("logprob", math.nan)) for t in tops],
-                )
-            )
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise BackendError(f"chat completion: malformed logprobs from the upstream: {exc}", retryable=False,
-                           hint="is this an OpenAI-compatible /v1/chat/completions endpoint?") from exc
-    return out
+from stopwise.errors import BackendError
 
 
 class OpenAICompatBackend(Backend):
@@ -224,7 +96,7 @@ class OpenAICompatBackend(Backend):
         retries: int = 2,
         max_connections: int = 256,
     ) -> None:
-        httpx = _httpx()
+        httpx = httpx_module()
         url = base_url.rstrip("/")
         try:
             parsed = httpx.URL(url)
@@ -251,7 +123,7 @@ class OpenAICompatBackend(Backend):
         self.meta_timeout = httpx.Timeout(connect=connect_timeout, read=min(read_timeout, 10.0), write=10.0, pool=connect_timeout)
         # keep every connection alive (httpx keeps 20 by default): under many concurrent streams the
         # others would reconnect for each request
-        self._clients = _ClientShards(
+        self._clients = ClientShards(
             lambda per: httpx.AsyncClient(headers=headers, timeout=self.timeout,
                                           limits=httpx.Limits(max_connections=per, max_keepalive_connections=per)),
             max_connections,
@@ -262,7 +134,7 @@ class OpenAICompatBackend(Backend):
     # ---- errors ---------------------------------------------------------------------------
 
     def _map(self, exc: Exception, what: str) -> BackendError:
-        httpx = _httpx()
+        httpx = httpx_module()
         if isinstance(exc, BackendError):
             return exc
         if isinstance(exc, httpx.ConnectError):
@@ -272,7 +144,7 @@ class OpenAICompatBackend(Backend):
                                 "(this client's max_connections are all busy)", retryable=True,
                                 hint="fewer chains at once (lower --batch), or raise max_connections")
         if isinstance(exc, httpx.TimeoutException):
-            return BackendError(f"{what}: upstream {self.root} timed out ({type(exc).__name__})", retryable=True, hint=_STALL_HINT)
+            return BackendError(f"{what}: upstream {self.root} timed out ({type(exc).__name__})", retryable=True, hint=STALL_HINT)
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
             return BackendError(f"{what}: connection to {self.root} broke: {exc}", retryable=True)
         return BackendError(f"{what}: {type(exc).__name__}: {exc}")
@@ -301,7 +173,7 @@ class OpenAICompatBackend(Backend):
             retryable=code in (408, 409, 429) or code >= 500,
             status=code,
             hint=hint,
-            retry_after=_retry_after(resp.headers.get("retry-after")),
+            retry_after=retry_after(resp.headers.get("retry-after")),
         )
 
     async def _post_json(self, path: str, body: dict[str, Any], what: str, *, retry: bool) -> dict[str, Any]:
@@ -318,7 +190,7 @@ class OpenAICompatBackend(Backend):
                 raise BackendError(f"{what}: malformed response from {self.root} (not JSON): {resp.text[:200]!r}", retryable=True) from exc
             if not isinstance(obj, dict):
                 raise BackendError(f"{what}: malformed response from {self.root} (not a JSON object): {resp.text[:200]!r}",
-                                   retryable=False, hint=_SHAPE_HINT)
+                                   retryable=False, hint=SHAPE_HINT)
             return obj
 
         for i in range(attempts):
@@ -327,7 +199,7 @@ class OpenAICompatBackend(Backend):
                     return await asyncio.wait_for(once(), self.request_deadline)
                 except asyncio.TimeoutError as exc:
                     raise BackendError(f"{what}: upstream {self.root} did not finish its answer within {self.request_deadline:.0f} s",
-                                       retryable=True, hint=_STALL_HINT) from exc
+                                       retryable=True, hint=STALL_HINT) from exc
             except Exception as exc:  # noqa: BLE001 - mapped here, at the boundary
                 last = self._map(exc, what)
                 if not last.retryable or i == attempts - 1:
@@ -434,13 +306,13 @@ class OpenAICompatBackend(Backend):
         return body
 
     def _sse_line(self, line: bytes, what: str) -> Any:
-        """One SSE line: its JSON event, :data:`_DONE` for ``[DONE]``, None for anything else."""
+        """One SSE line: its JSON event, :data:`DONE` for ``[DONE]``, None for anything else."""
         line = line.strip()
         if not line.startswith(b"data:"):
             return None  # blank separators, comments (":"), event/id fields
         data = line[5:].strip()
         if data == b"[DONE]":
-            return _DONE
+            return DONE
         try:
             obj = json.loads(data)
         except ValueError as exc:
@@ -487,7 +359,7 @@ class OpenAICompatBackend(Backend):
                     buf = lines.pop()
                     for line in lines:
                         obj = self._sse_line(line, what)
-                        if obj is _DONE:
+                        if obj is DONE:
                             await self._drain(chunks)
                             return
                         if obj is not None:
@@ -497,11 +369,11 @@ class OpenAICompatBackend(Backend):
                     if clock() - last_event > self.timeout.read:
                         raise BackendError(f"{what}: upstream {self.root} sent no token for {self.timeout.read:.0f} s "
                                            "(only keep-alive comments)", retryable=True,
-                                           hint=_STALL_HINT)
+                                           hint=STALL_HINT)
                     if len(buf) > 1 << 20 and not events:
                         break  # a megabyte without a line break is not an event stream
                 obj = self._sse_line(buf, what)  # a last line without its newline
-                if obj is _DONE:
+                if obj is DONE:
                     return
                 if obj is not None:
                     yield obj
@@ -532,15 +404,15 @@ class OpenAICompatBackend(Backend):
         seen = 0
         try:
             async for obj in events:
-                for ch in _choices(obj, what):
+                for ch in choices_of(obj, what):
                     seen += 1
-                    for st in _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what,
+                    for st in steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what,
                                                               require=require_logprobs and logprobs):
                         yield st
         finally:
             await events.aclose()
         if not seen:
-            raise BackendError(f"{what}: the upstream's stream carried no choices", retryable=False, hint=_SHAPE_HINT)
+            raise BackendError(f"{what}: the upstream's stream carried no choices", retryable=False, hint=SHAPE_HINT)
 
     async def stream_chat(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> AsyncIterator[TokenStep]:
         """Stream a chat completion (the server applies its own template)."""
@@ -562,9 +434,9 @@ class OpenAICompatBackend(Backend):
         events = self._sse("/chat/completions", body, "POST /v1/chat/completions")
         try:
             async for obj in events:
-                for ch in _choices(obj, "POST /v1/chat/completions"):
+                for ch in choices_of(obj, "POST /v1/chat/completions"):
                     delta = ch.get("delta") or {}
-                    for st in _steps_from_chat_logprobs(ch.get("logprobs"), delta.get("content") or ""):
+                    for st in steps_from_chat_logprobs(ch.get("logprobs"), delta.get("content") or ""):
                         yield st
         finally:
             await events.aclose()
@@ -575,13 +447,13 @@ class OpenAICompatBackend(Backend):
         if self.n_supported is not False and n > 1:
             # generation is not retried: a request that timed out may still be decoding upstream
             obj = await self._post_json("/completions", self._completion_body(prompt, sampling, stream=False, n=n), "POST /v1/completions (n)", retry=False)
-            choices = _choices(obj, "POST /v1/completions (n)")
+            choices = choices_of(obj, "POST /v1/completions (n)")
             self.n_supported = len(choices) >= n
             # the chains of one n-request share its seed, and none of them is reproduced by it alone:
             # a chain records the seed only where it was the request's one answer (a server that ignores n)
             one_seed = sampling.seed if len(choices) == 1 else None
             for ch in choices[:n]:
-                steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions (n)")
+                steps = steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions (n)")
                 results.append(ChainResult(steps, ch.get("finish_reason") or "stop", seed=one_seed))
         rest = n - len(results)
         if rest > 0:
@@ -589,8 +461,8 @@ class OpenAICompatBackend(Backend):
                 seed = None if sampling.seed is None else sampling.seed + len(results) + i
                 s = dataclasses.replace(sampling, seed=seed)
                 obj = await self._post_json("/completions", self._completion_body(prompt, s, stream=False), "POST /v1/completions", retry=False)
-                ch = (_choices(obj, "POST /v1/completions") or [{}])[0]
-                return ChainResult(_steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions"),
+                ch = (choices_of(obj, "POST /v1/completions") or [{}])[0]
+                return ChainResult(steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions"),
                                    ch.get("finish_reason") or "stop", seed=seed)
 
             results += await asyncio.gather(*(one(i) for i in range(rest)))
@@ -610,8 +482,8 @@ class OpenAICompatBackend(Backend):
             text = prompt + "".join(s.text for s in prefix) + forcing
             obj = await self._post_json("/completions", self._completion_body(text, greedy, stream=False), "POST /v1/completions (probe)", retry=True)
         what = "POST /v1/completions (probe)"
-        ch = (_choices(obj, what) or [{}])[0]
-        steps = _steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what)
+        ch = (choices_of(obj, what) or [{}])[0]
+        steps = steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what)
         usage = obj.get("usage") or {}
         try:
             if (ch.get("logprobs") or {}).get("tokens"):
@@ -622,7 +494,7 @@ class OpenAICompatBackend(Backend):
                 text, lp, dec = str(ch.get("text") or ""), 0.0, int(usage.get("completion_tokens") or 0)
             return text, lp, int(usage.get("prompt_tokens") or 0), dec
         except (TypeError, ValueError, AttributeError) as exc:
-            raise BackendError(f"{what}: malformed usage from the upstream: {usage!r}", retryable=False, hint=_SHAPE_HINT) from exc
+            raise BackendError(f"{what}: malformed usage from the upstream: {usage!r}", retryable=False, hint=SHAPE_HINT) from exc
 
     async def _try_token_prompt(self, prompt: str, ids: list, forcing: str, greedy: Sampling) -> dict[str, Any] | None:
         try:
