@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from stopwise.rules.calibrate import KEEP_FULL
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
@@ -69,7 +71,7 @@ def render_bench(console: Console, benches: list[Any], *, risk: str, epsilon: fl
             t.add_column(col, justify="right" if col != "policy" else "left")
         for r in sb.rows:
             # a family whose certified settings all cost more than full compute deploys nothing: "no saving"
-            cert = "no saving" if r.decision.startswith("no saving") else _f(r.certified)
+            cert = "no saving" if r.decision == KEEP_FULL else _f(r.certified)
             name = f"[bold]{r.policy} *[/]" if r.recommended else r.policy
             t.add_row(name, _f(r.threshold), cert, _f(r.test_risk, True), _f(r.accuracy_full, True),
                       _f(r.accuracy_policy, True), _f(r.tokens_saved, True), _f(r.chains_saved, True), _f(r.oracle_fraction, True))

@@ -17,11 +17,41 @@ from typing import ClassVar
 import numpy as np
 
 from stopwise.errors import ConfigError
-from stopwise.policies.base import MISSING, Action, Event, Final, Finished, Spawn, Stop, Tokens
-from stopwise.policies.multi import ChainMatrix, MultiChainFamily, _no_abstention, percentile_rows
+from stopwise.policies.base import (
+    MISSING,
+    Action,
+    Event,
+    Final,
+    Finished,
+    Spawn,
+    Stop,
+    Tokens,
+)
+from stopwise.policies.multi import (
+    ChainMatrix,
+    MultiChainFamily,
+    _no_abstention,
+    percentile_rows,
+)
 from stopwise.policies.voting import vote, vote_rows
 
-__all__ = ["DeepConfOnline"]
+__all__ = ["DeepConfOnline", "training_role", "training_role_median"]
+
+
+def training_role(ts) -> np.ndarray:  # noqa: ANN001 - TraceSet
+    """The questions of the training role (:func:`stopwise.stats.split.training_mask`), a mask over questions."""
+    from stopwise.stats.split import training_mask
+
+    return training_mask(ts.questions.column("question_id").to_pylist())
+
+
+def training_role_median(ts, per_chain: np.ndarray) -> float | None:  # noqa: ANN001 - TraceSet
+    """Median of ``per_chain`` (one value per chain, e.g. its length) over the chains of the training role's
+    questions: a setting read off data that never calibrates. None when the role holds no chain (a tiny set)."""
+    if not ts.n_chains:
+        return None
+    train = training_role(ts)[np.asarray(ts.question_index)]
+    return float(np.median(np.asarray(per_chain)[train])) if train.any() else None
 
 
 # --- DeepConf online -------------------------------------------------------------------------
@@ -162,10 +192,9 @@ class DeepConfOnline(MultiChainFamily):
             return self
         most = int(np.max(ts.chain_counts))
         warmup = self.warmup if most > self.warmup else max(1, most // 2)
-        train = self._training_role(ts)
-        lengths = np.asarray(ts.column("n_tokens", fill=0))[train[np.asarray(ts.question_index)]] if ts.n_chains else np.zeros(0)
-        # no training-role chains (a tiny set): nothing to read the window off, DeepConf's own stays
-        med = float(np.median(lengths)) if len(lengths) else float(8 * self.window)
+        med = training_role_median(ts, np.asarray(ts.column("n_tokens", fill=0)) if ts.n_chains else np.zeros(0))
+        if med is None:  # no training-role chain (a tiny set): nothing to read the window off, DeepConf's own stays
+            med = float(8 * self.window)
         window = self.window if med >= 8 * self.window else max(16, int(med // 8))
         if (warmup, window) == (self.warmup, self.window) or most < 4:
             return self
@@ -173,15 +202,9 @@ class DeepConfOnline(MultiChainFamily):
         fitted.window_from_training = window != self.window
         return fitted
 
-    @staticmethod
-    def _training_role(ts) -> np.ndarray:  # noqa: ANN001
-        from stopwise.stats.split import training_mask
-
-        return training_mask(ts.questions.column("question_id").to_pylist())
-
     def training_mask(self, ts) -> np.ndarray | None:  # noqa: ANN001
         """The training role, where the window was read off it (:meth:`fit_to`); else None."""
-        return self._training_role(ts) if self.window_from_training else None
+        return training_role(ts) if self.window_from_training else None
 
     def _policy(self, value, n_chains: int):  # noqa: ANN001, ANN202
         return _DeepConfPolicy(value, n_chains, self.window, self.warmup)

@@ -39,13 +39,11 @@ def chain_confidence(ts) -> np.ndarray:  # noqa: ANN001 - TraceSet
 
     The window is 1/8 of the median chain of the training role (as for ``deepconf_online``), never of the
     questions the rules are compared on; with no training-role chain (a tiny set), 16 tokens."""
-    from stopwise.stats.split import training_mask
+    from stopwise.policies.deepconf import training_role_median
 
     offsets, values = ts.list_column("token_confidence")
-    lengths = np.diff(offsets)
-    train = training_mask(ts.questions.column("question_id").to_pylist())[np.asarray(ts.question_index)] if ts.n_chains else np.zeros(0, bool)
-    med = float(np.median(lengths[train])) if train.any() else 0.0
-    window = max(16, int(med // 8))
+    med = training_role_median(ts, np.diff(offsets))
+    window = max(16, int((med or 0.0) // 8))
     out = np.full(ts.n_chains, np.nan)
     for j in range(ts.n_chains):
         v = np.asarray(values[offsets[j]:offsets[j + 1]], dtype=np.float64)

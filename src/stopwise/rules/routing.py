@@ -221,6 +221,12 @@ def router_losses(data: RoutingData, scores: np.ndarray) -> tuple[np.ndarray, np
     return cascade_losses(data.weak_ok, data.strong_ok, scores)
 
 
+def cascade_cost(kept: np.ndarray, weak_cost: np.ndarray, strong_cost: np.ndarray) -> np.ndarray:
+    """Mean cost per question of each keep-threshold (the columns of ``kept``, (Q, G)): the weak model always
+    runs, the strong one only where the weak answer is not kept."""
+    return (weak_cost[:, None] + np.where(kept, 0.0, strong_cost[:, None])).mean(axis=0)
+
+
 def certify_cascade(
     scores: np.ndarray, weak_ok: np.ndarray, strong_ok: np.ndarray, calib: np.ndarray, test: np.ndarray, *,
     epsilon: float, delta: float, weak_cost: np.ndarray | float, strong_cost: np.ndarray | float, k_policies: int = 1,
@@ -240,14 +246,14 @@ def certify_cascade(
     sc_all = np.broadcast_to(np.asarray(strong_cost, dtype=np.float64), weak_ok.shape)
     # the cheapest certified threshold on the calibration questions; always-large (risk 0) is a candidate,
     # so a cascade that costs more than the large model alone is never deployed
-    cal_cost = (wc_all[calib][:, None] + np.where(kept[calib], 0.0, sc_all[calib][:, None])).mean(axis=0)
+    cal_cost = cascade_cost(kept[calib], wc_all[calib], sc_all[calib])
     chosen = cheapest_certified(cal_cost, index, float(sc_all[calib].mean()) if np.any(calib) else 0.0)
     pays = chosen is not None
     j = chosen if pays else 0
     wc, sc = wc_all[test], sc_all[test]
     w, s, k = weak_ok[test], strong_ok[test], kept[test]
     acc_curve = np.where(k, w[:, None], s[:, None]).mean(axis=0)
-    cost_curve = (wc[:, None] + np.where(k, 0.0, sc[:, None])).mean(axis=0)
+    cost_curve = cascade_cost(k, wc, sc)
     oracle_escalate = ~w & s
     strong_mean = float(sc.mean()) if len(sc) else float("nan")
     if cert.certified and not pays:
@@ -507,8 +513,8 @@ def cascade_policy(small, large, *, chains: int, epsilon: float = 0.05, delta: f
         weak_token_price = 1.0 if pair.same_model else DEFAULT_WEAK_TOKEN_PRICE
     weak_cost = weak_token_price * pair.weak_tokens[calib]
     strong_cost = pair.strong_tokens[calib]
-    cal_cost = (weak_cost[:, None] + np.where(kept[calib], 0.0, strong_cost[:, None])).mean(axis=0)
-    cal_cost[0] = strong_cost.mean()  # "always escalate" is served as the large model alone, no small chains
+    # column 0 ("always escalate") is served as the large model alone: it is the full-compute candidate, not a cascade
+    cal_cost = cascade_cost(kept[calib], weak_cost, strong_cost)
     chosen = cheapest_certified(cal_cost[1:], index - 1, float(strong_cost.mean()))
     if chosen is None:
         raise ConfigError(f"no saving: every certified keep-threshold of the cascade {pair.name} costs more than the large "

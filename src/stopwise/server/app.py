@@ -26,6 +26,7 @@ from stopwise.backends.base import Backend, Sampling
 from stopwise.backends.probes import ProbeSchedule, forced_answer
 from stopwise.engine.live import AnswerClasses, LiveDriver
 from stopwise.errors import BackendError, ConfigError, MissingExtraError, StopwiseError
+from stopwise.rules.calibrate import KEEP_FULL
 from stopwise.server import protocol as P
 from stopwise.server.settings import ServeSettings
 from stopwise.stats.anytime import RiskMonitor
@@ -81,7 +82,7 @@ def load_policy(path: str) -> LoadedPolicy:
     for key in ("family", "index", "threshold", "certificate"):
         if key not in doc:
             raise ConfigError(f"policy file '{path}' lacks the field '{key}'")
-    if doc["index"] is None and (doc.get("selection") or {}).get("decision") == "no saving: keep full compute":
+    if doc["index"] is None and (doc.get("selection") or {}).get("decision") == KEEP_FULL:
         raise ConfigError(f"policy file '{path}': its certified settings cost more than full compute on the calibration questions, so it deploys nothing",
                           hint="serve without this policy (full compute), or calibrate another family")
     if doc["index"] is None:
