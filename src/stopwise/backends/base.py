@@ -165,13 +165,18 @@ class ChainResult:
 
 @dataclass
 class ProbeOutcome:
-    """A probe's answer as a chain handle returns it: the forced text, and the class if known."""
+    """A probe's answer as a chain handle returns it: the forced text, and the class if known.
+
+    ``answer`` is the answer itself where the handle has it (a text-derived probe reads
+    a stated answer); otherwise the driver reads it from the forced ``text``.
+    """
 
     text: str | None
     logprob: float
     cost: int
     cue: str | None
     answer_class: int | None = None
+    answer: str | None = None
 
 
 class ChainHandle(ABC):
@@ -184,6 +189,8 @@ class ChainHandle(ABC):
     """
 
     finish_reason: str | None = None
+    #: probes are read from the chain's own text (no side request, no cost); a stop returns a stated answer
+    probes_free: bool = False
 
     @abstractmethod
     async def next(self) -> TokenStep | None:
@@ -290,6 +297,41 @@ class StreamChainHandle(ScheduledChainHandle):
     @property
     def text(self) -> str:
         return "".join(s.text for s in self.steps)
+
+
+class ChatPrompt(str):
+    """A chat request's messages where the backend protocol carries a prompt string.
+
+    Chat-only upstreams apply their own template, so the "prompt" they are given is
+    the message list; its string value is the messages as canonical JSON (for
+    logging, hashing and provenance). :func:`chat_messages` reads it back.
+    """
+
+    messages: list[dict[str, Any]]
+
+    def __new__(cls, messages: Sequence[dict[str, Any]]) -> "ChatPrompt":
+        import json
+
+        msgs = [dict(m) for m in messages]
+        obj = super().__new__(cls, json.dumps(msgs, sort_keys=True, ensure_ascii=False))
+        obj.messages = msgs
+        return obj
+
+
+def chat_messages(prompt: str) -> list[dict[str, Any]]:
+    """The messages of a :class:`ChatPrompt` (or its JSON); a plain prompt becomes one user message."""
+    if isinstance(prompt, ChatPrompt):
+        return prompt.messages
+    if prompt.startswith("[{"):
+        import json
+
+        try:
+            msgs = json.loads(prompt)
+            if isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m for m in msgs):
+                return msgs
+        except ValueError:
+            pass
+    return [{"role": "user", "content": prompt}]
 
 
 class Backend(ABC):

@@ -198,6 +198,12 @@ def _collect_with_progress(cfg: Any, out: Path, seed_from: Path | None, round_fl
 @click.option("--api-key", default=None, help="Bearer key clients must send.")
 @click.option("--uncertified", default=None, type=click.Choice(["refuse", "mark"]), help="A request outside a policy's certified conditions: refuse it (400) or serve it marked uncertified.")
 @click.option("--escalate-to", default=None, help="A second backend (URL | embedded-1.5b | GGUF path) that answers, at full compute, the questions the policy abstains on or escalates: a cascade.")
+@click.option("--upstream-api", default=None, type=click.Choice(["completions", "chat"]),
+              help="How an HTTP upstream is spoken to: completions (default) or chat (chat-only APIs: hosted, Ollama, vLLM/SGLang with a reasoning parser).")
+@click.option("--continuation/--no-continuation", default=None, help="The chat upstream continues a final assistant message (vLLM/SGLang continue_final_message).")
+@click.option("--profile", default=None, help="The model's reasoning profile (deepseek-r1, qwq, qwen3, gpt-oss, gemma-thinking, generic) or a TOML file; default: detected.")
+@click.option("--reasoning-format", default=None, type=click.Choice(["separate", "inline"]), help="Thinking in reasoning_content (separate, default) or inline in content.")
+@click.option("--max-tokens-limit", default=None, type=click.IntRange(1), help="Largest max_tokens a request may ask (default 4096).")
 @click.option("--max-chains", default=None, type=click.IntRange(1, 64))
 @click.option("--max-concurrent", default=None, type=click.IntRange(1))
 @click.option("--config", "config_file", default=None, type=click.Path(exists=True, path_type=Path), help="Settings as JSON (flags and STOPWISE_* variables override it).")

@@ -212,7 +212,8 @@ class _Run:
             probe_tokens=int(sum(self.charged)),
             latency=int(latency),
             chains=len(self.pos),
-            generated=int(sum(self.read)),
+            # a handle that reads ahead of the driver (text-derived probes) knows what it read upstream
+            generated=int(sum(max(r, int(getattr(h, "read", 0) or 0)) for r, h in zip(self.read, self.handles))),
             returned=dict(self.returned),
             stopped_early=list(self.stopped),
             handles=list(self.handles),
@@ -307,7 +308,8 @@ class _Run:
             if cls is None:
                 from stopwise.backends.probes import forced_answer
 
-                cls = self.d.classes.classify(forced_answer(out.text) if out.text is not None else None)
+                ans = out.answer if out.answer is not None else (forced_answer(out.text) if out.text is not None else None)
+                cls = self.d.classes.classify(ans)
             self.charged[c] += int(out.cost)
             await self._deliver(ProbeResult(c, self.pos[c], cls, _f(out.logprob), int(out.cost), cue))
 

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 from stopwise.backends.base import ChainHandle, ProbeOutcome, TokenStep
+from stopwise.errors import StopwiseError
 
 
 class TraceChain(ChainHandle):
@@ -101,11 +102,21 @@ def trace_opener(rows: list[dict[str, Any]], *, delay: float = 0.0):
 class TraceStreamBackend:
     """A :class:`stopwise.backends.base.Backend` that streams logged chains at a fixed rate.
 
-    Used as an instrumented upstream (``stopwise serve --backend trace:DIR?rate=R``):
-    the chain streamed for a request is picked from the prompt and seed
-    (deterministic), tokens come every ``1/rate`` seconds, and ``live_streams``
-    counts the generations in progress, so a test or a benchmark can see that a
-    stopped or abandoned chain stops generating here.
+    Used as an instrumented upstream (``stopwise serve --backend trace:DIR?rate=R``),
+    it replays real model output token by token, through the server's completions
+    and chat endpoints alike (the chat endpoint returns the thinking as
+    ``reasoning_content``, by the model's profile, as vLLM with a reasoning parser does):
+
+    * the chain streamed for a request is the logged chain of the question the
+      prompt asks (the last user message, or a prompt containing the question's
+      text), sample ``seed mod n`` of it; a prompt that asks no logged question
+      gets a chain picked from the prompt and seed (deterministic);
+    * a text-only chain (the R1/QwQ sets) is cut into its tokens with the
+      tokenizer its set was counted with (Qwen2.5 BPE, ``tokenize`` extra), so the
+      positions a client counts are the set's positions;
+    * tokens come every ``1/rate`` seconds (``rate=0``: as fast as possible), and
+      ``live_streams`` counts the generations in progress, so a test or a
+      benchmark can see that a stopped or abandoned chain stops generating here.
     """
 
     def __init__(self, path: str, *, rate: float = 100.0) -> None:
@@ -113,27 +124,74 @@ class TraceStreamBackend:
         from stopwise.traces.io import read_trace_set
 
         self.ts = read_trace_set(path)
-        self.rows = self.ts.chains.select([c for c in ("n_tokens", "tokens", "token_logprobs", "token_confidence", "entropy", "finish_reason", "text") if c in self.ts.chains.column_names]).to_pylist()
+        cols = ("n_tokens", "tokens", "token_logprobs", "token_confidence", "entropy", "finish_reason", "text")
+        self.rows = self.ts.chains.select([c for c in cols if c in self.ts.chains.column_names]).to_pylist()
+        off = self.ts.question_offsets
+        self.by_question: dict[str, list[int]] = {}
+        for q, text in enumerate(self.ts.questions.column("question").to_pylist()):
+            if text:
+                self.by_question.setdefault(str(text).strip(), list(range(int(off[q]), int(off[q + 1]))))
         self.rate = float(rate)
-        self.name = f"trace:{self.ts.name}"
+        model = getattr(self.ts.provenance, "model", None)
+        self.name = str(model) if model else f"trace:{self.ts.name}"
         self.capabilities = Capabilities(logprobs=True, top_k=0, prefix_continuation=True)
         self.live_streams = 0
         self.started = 0
+        self._tokenizer = None
+        if self.rows and self.rows[0].get("tokens") is None and self.rows[0].get("text"):
+            self._pieces(self.rows[0])  # load the tokenizer now (seconds), not inside the first request
 
     def model_info(self) -> dict[str, Any]:
-        return {"model": self.name, "backend": "logged trace set streamed at a fixed rate"}
+        return {"model": self.name, "backend": f"logged trace set {self.ts.name} streamed at a fixed rate",
+                "tokenizer": getattr(self.ts.provenance, "tokenizer", None)}
 
     def render_chat(self, messages) -> str:  # noqa: ANN001
-        return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+        from stopwise.backends.base import ChatPrompt
+
+        return ChatPrompt(messages)
 
     def _pick(self, prompt: str, seed: int | None) -> dict[str, Any]:
         import hashlib
 
+        from stopwise.backends.base import chat_messages
+
+        users = [m for m in chat_messages(prompt) if m.get("role") == "user"]
+        asked = str(users[-1].get("content") or "").strip() if users else str(prompt).strip()
+        rows = self.by_question.get(asked)
+        if rows is None:
+            rows = next((r for q, r in self.by_question.items() if q and q in asked), None)
+        if rows:
+            return self.rows[rows[(seed or 0) % len(rows)]]
         h = int.from_bytes(hashlib.sha256(f"{prompt}|{seed}".encode()).digest()[:8], "little")
         return self.rows[h % len(self.rows)]
 
+    def _pieces(self, row: dict[str, Any]) -> list[str] | None:
+        """A text-only chain's token texts, cut where its set's tokenizer cuts it."""
+        if row.get("tokens") is not None or not row.get("text"):
+            return None
+        if "_pieces" not in row:
+            if self._tokenizer is None:
+                from stopwise.traces.tokenize import RegexTokenizer, Tokenizer
+
+                try:
+                    self._tokenizer = Tokenizer.qwen25()
+                except StopwiseError:
+                    self._tokenizer = RegexTokenizer()  # approximate positions without the tokenize extra
+            text = row["text"]
+            pieces, prev = [], 0
+            for end in self._tokenizer.tokenize(text).ends:
+                pieces.append(text[prev:end] if end > prev else "")
+                prev = max(prev, end)
+            if prev < len(text) and pieces:
+                pieces[-1] += text[prev:]
+            row["_pieces"] = pieces
+        return row["_pieces"]
+
     async def stream(self, prompt: str, sampling, *, logprobs: bool = True):  # noqa: ANN001, ANN201
         row = self._pick(prompt, sampling.seed)
+        pieces = self._pieces(row)
+        if pieces is not None:
+            row = {**row, "tokens": pieces, "n_tokens": len(pieces)}
         ch = TraceChain(row, delay=1.0 / self.rate if self.rate > 0 else 0.0)
         self.live_streams += 1
         self.started += 1
@@ -143,10 +201,12 @@ class TraceStreamBackend:
                 st = await ch.next()
                 if st is None:
                     return
-                if not st.text:
-                    st.text = " x"
+                if pieces is None and not st.text:
+                    st.text = " x"  # a set with neither tokens nor text: one visible piece a token
                 n += 1
                 yield st
+                if ch.delay == 0 and n % 64 == 0:
+                    await asyncio.sleep(0)  # let other streams and cancellations in
         finally:
             self.live_streams -= 1
 

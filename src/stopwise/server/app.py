@@ -16,8 +16,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,128 +23,16 @@ import numpy as np
 from stopwise.backends.base import Backend, Sampling
 from stopwise.backends.probes import ProbeSchedule, forced_answer
 from stopwise.engine.live import AnswerClasses, LiveDriver
+from stopwise.engine.text_chain import TextProbeChain
 from stopwise.errors import BackendError, ConfigError, MissingExtraError, StopwiseError
-from stopwise.rules.calibrate import KEEP_FULL
 from stopwise.server import protocol as P
+from stopwise.server.loading import LoadedPolicy, Metrics, load_policy, make_backend  # noqa: F401 - re-exported
+from stopwise.server.reasoning import ReasoningOutput, check_upstream, probe_kind
 from stopwise.server.settings import ServeSettings
 from stopwise.stats.anytime import RiskMonitor
 
 log = logging.getLogger("stopwise.serve")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-@dataclass
-class LoadedPolicy:
-    """A policy file as the server uses it."""
-
-    name: str
-    path: str
-    family: Any
-    index: int
-    threshold: float
-    epsilon: float
-    delta: float
-    doc: dict[str, Any]
-
-    @property
-    def conditions(self) -> dict[str, Any]:
-        return self.doc.get("conditions") or {}
-
-    def summary(self) -> dict[str, Any]:
-        cert = self.doc.get("certificate") or {}
-        return {
-            "policy": self.name,
-            "family": self.doc.get("family"),
-            "threshold": self.threshold,
-            "risk": self.doc.get("risk"),
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "certificate": {k: cert.get(k) for k in ("n", "empirical_risk", "p_value", "method") if k in cert},
-            "trace_set": (self.doc.get("trace_set") or {}).get("name"),
-        }
-
-
-def load_policy(path: str) -> LoadedPolicy:
-    """Read a policy file written by ``stopwise calibrate``; errors name the file and field."""
-    from stopwise.policies.registry import get_family
-
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"policy file '{path}' does not exist") from exc
-    except ValueError as exc:
-        raise ConfigError(f"policy file '{path}' is not JSON: {exc}") from exc
-    if doc.get("format") != "stopwise-policy":
-        raise ConfigError(f"'{path}' is not a stopwise policy file (field 'format')", hint="write one with stopwise calibrate --out")
-    for key in ("family", "index", "threshold", "certificate"):
-        if key not in doc:
-            raise ConfigError(f"policy file '{path}' lacks the field '{key}'")
-    if doc["index"] is None and (doc.get("selection") or {}).get("decision") == KEEP_FULL:
-        raise ConfigError(f"policy file '{path}': its certified settings cost more than full compute on the calibration questions, so it deploys nothing",
-                          hint="serve without this policy (full compute), or calibrate another family")
-    if doc["index"] is None:
-        raise ConfigError(f"policy file '{path}': calibration certified no threshold (field 'index' is null)", hint="calibrate at a larger epsilon or with more questions")
-    fam = get_family(doc["family"], **(doc.get("settings") or {}))
-    cert = doc["certificate"]
-    return LoadedPolicy(
-        name=doc["family"],
-        path=str(p),
-        family=fam,
-        index=int(doc["index"]),
-        threshold=float(doc["threshold"]),
-        epsilon=float(cert.get("epsilon")),
-        delta=float(cert.get("delta")),
-        doc=doc,
-    )
-
-
-def make_backend(spec: str, settings: ServeSettings) -> Backend:
-    if spec.startswith("trace:"):
-        import urllib.parse
-
-        from stopwise.engine.trace_backend import TraceStreamBackend
-
-        path, _, query = spec[len("trace:"):].partition("?")
-        opts = dict(urllib.parse.parse_qsl(query))
-        return TraceStreamBackend(path, rate=float(opts.get("rate", 100)))  # type: ignore[return-value]
-    if spec.startswith(("http://", "https://")):
-        from stopwise.backends.openai_compat import OpenAICompatBackend
-
-        return OpenAICompatBackend(spec, read_timeout=settings.upstream_timeout_s)
-    from stopwise.backends.llamacpp import EmbeddedBackend
-
-    # slots for one request's chains and probes, and for one chain per concurrent request; past
-    # that, requests wait in line for slots (the backend's admission) instead of failing
-    return EmbeddedBackend(spec, n_seq_max=min(64, max(8, 2 * settings.max_chains + 2, settings.max_concurrent + 2)),
-                           admission_timeout=settings.upstream_timeout_s)
-
-
-class Metrics:
-    """Counters and latency sums in the Prometheus text format (no extra dependency)."""
-
-    def __init__(self) -> None:
-        self.c: dict[str, float] = {}
-        self.lat: list[float] = []
-        self.buckets = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120)
-
-    def inc(self, name: str, v: float = 1.0, **labels: str) -> None:
-        key = name + ("{" + ",".join(f'{k}="{v2}"' for k, v2 in sorted(labels.items())) + "}" if labels else "")
-        self.c[key] = self.c.get(key, 0.0) + v
-
-    def observe(self, seconds: float) -> None:
-        self.lat.append(seconds)
-
-    def render(self) -> str:
-        lines = []
-        for k in sorted(self.c):
-            lines.append(f"stopwise_{k} {self.c[k]:g}")
-        for b in self.buckets:
-            lines.append(f'stopwise_request_seconds_bucket{{le="{b}"}} {sum(1 for x in self.lat if x <= b)}')
-        lines.append(f'stopwise_request_seconds_bucket{{le="+Inf"}} {len(self.lat)}')
-        lines.append(f"stopwise_request_seconds_sum {sum(self.lat):g}")
-        lines.append(f"stopwise_request_seconds_count {len(self.lat)}")
-        return "\n".join(lines) + "\n"
 
 
 def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa: ANN201 - FastAPI
@@ -165,7 +51,14 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         lp = load_policy(path)
         policies.setdefault(lp.name, []).append(lp)
     be = backend or make_backend(settings.backend, settings)
-    esc = make_backend(settings.escalate_to, settings) if settings.escalate_to else None
+    for lps in policies.values():
+        for lp in lps:
+            check_upstream(lp.doc, lp.path, be.capabilities, settings.backend)
+    if settings.profile:
+        from stopwise.backends.profiles import detect_profile
+
+        detect_profile(None, None, override=settings.profile)  # a bad profile fails at start-up, naming its key
+    esc = make_backend(settings.escalate_to, settings, api="completions") if settings.escalate_to else None
     esc_name = (esc.model_info().get("model") if esc is not None and hasattr(esc, "model_info") else None) or settings.escalate_to
     if not policies:
         log.warning("no --policy given: requests are passed through unchanged (no early stopping, nothing certified)")
@@ -190,6 +83,31 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
     app.state.policies = policies
     app.state.monitors = monitors
     app.state.shadows = shadows
+
+    resolved: dict[str, Any] = {}
+
+    async def get_profile():  # noqa: ANN202
+        """The model's reasoning profile: the setting, else detected from the model name and template (once)."""
+        if "profile" not in resolved:
+            from stopwise.backends.profiles import detect_profile
+
+            model = settings.model_name
+            if model is None and hasattr(be, "model_id"):
+                with contextlib.suppress(StopwiseError):
+                    model = await be.model_id()
+            info = be.model_info() or {}
+            model = model or info.get("model") or getattr(be, "name", None)
+            resolved["profile"] = detect_profile(model, info.get("chat_template"), override=settings.profile)
+            if hasattr(be, "profile") and getattr(be, "profile", None) is None:
+                be.profile = resolved["profile"]
+        return resolved["profile"]
+
+    def forcing_of(profile) -> tuple[str, str]:  # noqa: ANN001
+        """The answer-forcing string and what closes the answer: the setting where given, else the profile's."""
+        if "forcing" in settings.model_fields_set:
+            f = settings.forcing
+            return f, ("}$" if f.endswith("$\\boxed{") else "}" if f.endswith("{") else "")
+        return profile.forcing("math"), profile.answer_suffix("math")
 
     def err(status: int, message: str, *, param: str | None = None, type_: str = "invalid_request_error", headers: dict | None = None):
         return JSONResponse(P.error_body(message, type_=type_, param=param), status_code=status, headers=headers)
@@ -279,7 +197,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             return match[0]
         return min(cands, key=lambda p: p.epsilon)
 
-    def scope_problems(lp: LoadedPolicy, sampling: Sampling) -> list[str]:
+    def scope_problems(lp: LoadedPolicy, sampling: Sampling, forcing: str) -> list[str]:
         cond = lp.conditions
         out = []
         want = (cond.get("sampling") or {}).get("temperature")
@@ -296,7 +214,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             out.append(f"model of unknown sha256 (certified for {sha[:12]})")
         elif not sha and cond.get("model") and cond.get("model") != info.get("model"):
             out.append(f"model '{info.get('model')}' (certified for '{cond.get('model')}')")
-        if cond.get("forcing_string") is not None and cond.get("forcing_string") != settings.forcing:
+        if cond.get("forcing_string") is not None and probe_kind(lp.doc) == "forced" and cond.get("forcing_string") != forcing:
             out.append("another forcing string")
         return out
 
@@ -321,30 +239,60 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             return err(429, f"the server is serving {settings.max_concurrent} requests; retry shortly", type_="rate_limit_error", headers={"Retry-After": "1"})
         metrics.inc("requests_total", route="chat" if chat else "completions")
         n_prompt = (be.count_prompt_tokens(prompt) if hasattr(be, "count_prompt_tokens") else None) or 0
+        out = ReasoningOutput(await get_profile(), chat=chat, inline=settings.reasoning_format == "inline")
         if lp is None:
-            return await passthrough(rid, prompt, sampling, chat, req.stream, t0, n_prompt)
-        problems = scope_problems(lp, sampling)
+            return await passthrough(rid, prompt, sampling, chat, req.stream, t0, n_prompt, out)
+        problems = scope_problems(lp, sampling, forcing_of(out.profile)[0])
         if problems and settings.uncertified == "refuse":
             metrics.inc("requests_uncertified_refused_total")
             return err(400, f"request is outside the certified conditions of policy '{lp.name}': {'; '.join(problems)}", param="stopwise")
-        return await with_policy(rid, prompt, sampling, chat, req.stream, lp, problems, t0, n_prompt)
+        return await with_policy(rid, prompt, sampling, chat, req.stream, lp, problems, t0, n_prompt, out)
 
-    async def passthrough(rid, prompt, sampling, chat, stream, t0, n_prompt):  # noqa: ANN001, ANN202
+    def chunks_of(rid: str, chat: bool):  # noqa: ANN202
+        """field -> pre-serialized chunk template of one response (content, and reasoning_content for chat)."""
+        tmpl = {"content": P.ChunkTemplate(rid, model_name, chat)}
+        tmpl["reasoning_content"] = P.ChunkTemplate(rid, model_name, True, reasoning=True) if chat else tmpl["content"]
+        return tmpl
+
+    def token_events(tmpl, out: ReasoningOutput, text: str):  # noqa: ANN001, ANN202
+        """One token's SSE events: its pieces, or one empty delta (a client counts one chunk a token)."""
+        pieces = out.feed(text)
+        if not pieces:
+            return [tmpl["content" if out.answered or not out.split else "reasoning_content"].sse("")]
+        return [tmpl[field].sse(piece) for field, piece in pieces]
+
+    def joined(out: ReasoningOutput, texts) -> tuple[str, str | None]:  # noqa: ANN001
+        """Whole texts fed token by token: (content, reasoning or None)."""
+        parts: dict[str, list[str]] = {"content": [], "reasoning_content": []}
+        for t in texts:
+            for field, piece in out.feed(t):
+                parts[field].append(piece)
+        for field, piece in out.flush():
+            parts[field].append(piece)
+        return "".join(parts["content"]), ("".join(parts["reasoning_content"]) if out.split else None)
+
+    def final_usage(chat: bool, n_prompt: int, completion: int, out: ReasoningOutput, acc: dict[str, Any]) -> dict[str, Any]:
+        return P.usage(n_prompt, completion, reasoning_tokens=out.reasoning_tokens if chat and out.profile is not None else None, accounting=acc)
+
+    async def passthrough(rid, prompt, sampling, chat, stream, t0, n_prompt, out):  # noqa: ANN001, ANN202
         sw = {"policy": "off", "certified": False, "chains": 1}
         if stream:
             async def gen():  # noqa: ANN202
                 n = 0
                 async with gate:
                     agen = be.stream(prompt, sampling, logprobs=False)
-                    piece = P.ChunkTemplate(rid, model_name, chat)
+                    tmpl = chunks_of(rid, chat)
                     try:
                         if chat:
                             yield _sse(P.chat_chunk(rid, model_name, None, role=True))
                         async for st in agen:
                             n += 1
-                            yield piece.sse(st.text)
+                            for ev in token_events(tmpl, out, st.text):
+                                yield ev
+                        for field, piece in out.flush():
+                            yield tmpl[field].sse(piece)
                         finish = "length" if n >= sampling.max_tokens else "stop"
-                        fin = {"stopwise": {**sw, "tokens": n}, "usage": P.usage(n_prompt, n)}
+                        fin = {"stopwise": {**sw, "tokens": n}, "usage": final_usage(chat, n_prompt, n, out, P.accounting(n))}
                         yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
                         yield "data: [DONE]\n\n"
                     except StopwiseError as exc:
@@ -357,21 +305,27 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             return StreamingResponse(gen(), media_type="text/event-stream")
         async with gate:
             steps = [st async for st in be.stream(prompt, sampling, logprobs=False)]
-        text = "".join(s.text for s in steps)
+        content, reasoning = joined(out, (s.text for s in steps))
         finish = "length" if len(steps) >= sampling.max_tokens else "stop"
         metrics.inc("tokens_generated_total", len(steps))
         metrics.observe(time.monotonic() - t0)
-        use = P.usage(n_prompt, len(steps))
+        acc = P.accounting(len(steps))
+        use = final_usage(chat, n_prompt, len(steps), out, acc)
         sw = {**sw, "tokens": len(steps)}
-        return (P.chat_response if chat else P.completion_response)(rid, model_name, text, finish, use, sw)
+        body = (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw, reasoning)
+        return JSONResponse(body, headers=P.accounting_headers(acc))
 
-    async def with_policy(rid, prompt, sampling, chat, stream, lp, problems, t0, n_prompt):  # noqa: ANN001, ANN202
+    async def with_policy(rid, prompt, sampling, chat, stream, lp, problems, t0, n_prompt, out):  # noqa: ANN001, ANN202
         classes = AnswerClasses()
         base_seed = sampling.seed if sampling.seed is not None else int(time.time_ns() % (2**31))
+        text_probes = probe_kind(lp.doc) == "text"
+        forcing, suffix = forcing_of(out.profile)
 
         async def open_chain(i: int):  # noqa: ANN202
             s = dataclasses.replace(sampling, seed=base_seed + i)
-            return await be.open_chain(prompt, s, schedule, settings.forcing, settings.probe_max_tokens)
+            if text_probes:  # calibrated on answers read from the text: read them live the same way
+                return TextProbeChain(be, prompt, s)
+            return await be.open_chain(prompt, s, schedule, forcing, settings.probe_max_tokens)
 
         n_chains = settings.max_chains if lp.family.kind == "multi" else 1
         live_tokens: asyncio.Queue | None = asyncio.Queue() if stream and n_chains == 1 else None
@@ -380,31 +334,40 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
         async def decide():  # noqa: ANN202
             async with gate:
-                out = await drv.run(lp.family.make(lp.index, n_chains=n_chains))
-                content, finish, forced_cost = await render_decision(out, classes)
+                res = await drv.run(lp.family.make(lp.index, n_chains=n_chains))
+                raw, finish, forced_cost = await render_decision(res, classes, forcing, suffix)
             if settings.drift_share > 0 and rng.random() < settings.drift_share:
-                task = asyncio.create_task(shadow(lp, open_chain, classes, n_chains, out))
+                task = asyncio.create_task(shadow(lp, open_chain, classes, n_chains, res))
                 shadows.add(task)
                 task.add_done_callback(shadows.discard)
-            return out, content, finish, forced_cost
+            return res, raw, finish, forced_cost
 
         if live_tokens is not None:
             # one chain: the policy is committed to it from the start, so its tokens stream
             # as they are delivered; the forced answer (if it stopped early) comes at the end
-            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes, n_prompt, prompt, sampling),
+            return StreamingResponse(stream_single(rid, chat, lp, problems, t0, decide, live_tokens, classes, n_prompt, prompt, sampling, out),
                                      media_type="text/event-stream")
-        out, content, finish, forced_cost = await decide()
+        res, raw, finish, forced_cost = await decide()
         esc_tokens = 0
-        if esc is not None and (out.abstained or out.escalated):
-            content, finish, esc_tokens = await escalate(prompt, sampling)
-        sw = policy_object(lp, problems, out, forced_cost, classes, esc_tokens)
-        account(out, forced_cost, t0, esc_tokens, sw["full_compute_tokens_estimate"])
-        use = P.usage(n_prompt, out.generated + esc_tokens)
+        if esc is not None and (res.abstained or res.escalated):
+            raw, finish, esc_tokens = await escalate(prompt, sampling)
+        sw = policy_object(lp, problems, res, forced_cost, classes, esc_tokens)
+        acc = account(res, forced_cost, t0, esc_tokens, sw["full_compute_tokens_estimate"])
+        use = final_usage(chat, n_prompt, res.generated + esc_tokens, out, acc)
+        if res.abstained or res.escalated:
+            content, reasoning = raw, None
+        else:
+            content, reasoning = joined(out, [raw])
+            use = final_usage(chat, n_prompt, res.generated + esc_tokens, out, acc)
+            if out.profile is not None and chat:  # the thinking's tokens: the delivered ones before the answer began
+                use["completion_tokens_details"]["reasoning_tokens"] = reasoning_count(res, out)
         if stream:
             async def gen():  # noqa: ANN202
                 fin = {"stopwise": sw, "usage": use}
                 if chat:
                     yield _sse(P.chat_chunk(rid, model_name, None, role=True))
+                    if reasoning:
+                        yield _sse(P.chat_chunk(rid, model_name, None, reasoning=reasoning))
                     yield _sse(P.chat_chunk(rid, model_name, content))
                     yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin))
                 else:
@@ -412,12 +375,24 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                     yield _sse(P.completion_chunk(rid, model_name, "", finish, extra=fin))
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(gen(), media_type="text/event-stream")
-        return (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw)
+            return StreamingResponse(gen(), media_type="text/event-stream", headers=P.accounting_headers({"policy": lp.name}))
+        body = (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw, reasoning)
+        return JSONResponse(body, headers=P.accounting_headers(acc))
 
-    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes, n_prompt, prompt, sampling):  # noqa: ANN001, ANN202
+    def reasoning_count(res, out: ReasoningOutput) -> int:  # noqa: ANN001
+        """Tokens of the answering chain delivered before its answer began (its thinking)."""
+        c = next((c for c, h in enumerate(res.handles) if c in res.returned or h.finish_reason in ("stop", "length")), None)
+        if c is None or out.profile is None:
+            return 0
+        count = ReasoningOutput(out.profile, chat=True, inline=False)
+        for st in getattr(res.handles[c], "steps", [])[: res.positions[c]]:
+            count.feed(st.text)
+        return count.reasoning_tokens
+
+    async def stream_single(rid, chat, lp, problems, t0, decide, q, classes, n_prompt, prompt, sampling, out):  # noqa: ANN001, ANN202
         task = asyncio.create_task(decide())
         sent = []
+        tmpl = chunks_of(rid, chat)
         try:
             if chat:
                 yield _sse(P.chat_chunk(rid, model_name, None, role=True))
@@ -427,35 +402,44 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 if getter in done:
                     text = getter.result()
                     sent.append(text)
-                    yield _sse(P.chat_chunk(rid, model_name, text) if chat else P.completion_chunk(rid, model_name, text))
+                    for ev in token_events(tmpl, out, text):
+                        yield ev
                     continue
                 getter.cancel()
                 while not q.empty():
                     text = q.get_nowait()
                     sent.append(text)
-                    yield _sse(P.chat_chunk(rid, model_name, text) if chat else P.completion_chunk(rid, model_name, text))
+                    for ev in token_events(tmpl, out, text):
+                        yield ev
                 break
             try:
-                out, content, finish, forced_cost = task.result()
+                res, raw, finish, forced_cost = task.result()
             except StopwiseError as exc:
                 yield _sse(P.error_body(str(exc), type_="upstream_error"))
                 return
             streamed = "".join(sent)
-            rest = content[len(streamed):] if content.startswith(streamed) else ""
+            rest = raw[len(streamed):] if raw.startswith(streamed) else ""
             esc_tokens = 0
-            if esc is not None and (out.abstained or out.escalated):
+            if esc is not None and (res.abstained or res.escalated):
                 try:
-                    content, finish, esc_tokens = await escalate(prompt, sampling)
+                    raw, finish, esc_tokens = await escalate(prompt, sampling)
                 except StopwiseError as exc:
                     yield _sse(P.error_body(str(exc), type_="upstream_error"))
                     return
-            if out.abstained or out.escalated:
-                rest = "\n\n" + content  # the tokens already streamed stay; then the message, or the larger model's answer
-            if rest:
-                yield _sse(P.chat_chunk(rid, model_name, rest) if chat else P.completion_chunk(rid, model_name, rest))
-            sw = policy_object(lp, problems, out, forced_cost, classes, esc_tokens)
-            account(out, forced_cost, t0, esc_tokens, sw["full_compute_tokens_estimate"])
-            fin = {"stopwise": sw, "usage": P.usage(n_prompt, out.generated + esc_tokens)}
+            if res.abstained or res.escalated:
+                for field, piece in out.flush():
+                    yield tmpl[field].sse(piece)
+                # the tokens already streamed stay; then the message, or the larger model's answer
+                yield tmpl["content"].sse("\n\n" + raw)
+            else:
+                if rest:
+                    for field, piece in out.feed(rest):
+                        yield tmpl[field].sse(piece)
+                for field, piece in out.flush():
+                    yield tmpl[field].sse(piece)
+            sw = policy_object(lp, problems, res, forced_cost, classes, esc_tokens)
+            acc = account(res, forced_cost, t0, esc_tokens, sw["full_compute_tokens_estimate"])
+            fin = {"stopwise": sw, "usage": final_usage(chat, n_prompt, res.generated + esc_tokens, out, acc)}
             yield _sse(P.chat_chunk(rid, model_name, None, finish, extra=fin) if chat else P.completion_chunk(rid, model_name, "", finish, extra=fin))
             yield "data: [DONE]\n\n"
         finally:
@@ -472,9 +456,11 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         finish = "length" if len(steps) >= sampling.max_tokens else "stop"
         return "".join(st.text for st in steps), finish, len(steps)
 
-    def account(out, forced_cost, t0, esc_tokens: int = 0, full_tokens: int | None = None):  # noqa: ANN001, ANN202
+    def account(out, forced_cost, t0, esc_tokens: int = 0, full_tokens: int | None = None) -> dict[str, Any]:  # noqa: ANN001
+        """Count one decided request in the metrics; its accounting for usage and headers."""
+        acc = P.accounting(out.generated + esc_tokens, out.probe_tokens + forced_cost, full_tokens)
         if full_tokens is not None:
-            metrics.inc("tokens_saved_estimate_total", max(0, full_tokens - out.generated - out.probe_tokens - forced_cost))
+            metrics.inc("tokens_saved_estimate_total", acc["saved_tokens_estimate"])
         if esc_tokens:
             metrics.inc("escalations_total")
             metrics.inc("escalation_tokens_total", esc_tokens)
@@ -484,6 +470,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
         if out.abstained and not esc_tokens:
             metrics.inc("abstentions_total")
         metrics.observe(time.monotonic() - t0)
+        return acc
 
     def full_estimate(lp, out, n_chains: int) -> int | None:  # noqa: ANN001
         """Tokens full compute would have generated for this request, estimated from the policy file's
@@ -544,13 +531,16 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                 key, m.epsilon, m.mean, m.lower, m.n,
             )
 
-    async def render_decision(out, classes: AnswerClasses) -> tuple[str, str, int]:  # noqa: ANN001
+    async def render_decision(out, classes: AnswerClasses, forcing: str, suffix: str) -> tuple[str, str, int]:  # noqa: ANN001
+        """The decision as the model's raw text (thinking, markers, answer), its finish reason and forcing cost."""
         if out.abstained:
             return settings.abstain_message, "abstain", 0
         if out.escalated:
             return settings.abstain_message, "escalate", 0
         # the first chain whose answer is the decision; a chain stopped early gets the
-        # answer forced into its output, in the model's words, from the forcing string
+        # answer written after its text with the forcing string: forced there by the model,
+        # or (text-derived probes) the answer the chain had already stated, with no request
+        profile = resolved.get("profile")
         for c, h in enumerate(out.handles):
             cls = out.returned.get(c)
             if cls is None:
@@ -561,14 +551,19 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                     cls = classes.classify(extract_answer(h.text))
             if cls != out.answer:
                 continue
-            if c in out.returned:
-                try:
-                    pr = await h.probe((out.positions[c], "final"))
-                    ans = forced_answer(pr.text or "") or classes.text(out.answer) or ""
-                    return h.prefix_text(out.positions[c]) + settings.forcing + ans + "}$", "stop", int(pr.cost)
-                except (BackendError, TypeError, ValueError):
-                    return h.prefix_text(out.positions[c]) + settings.forcing + (classes.text(out.answer) or "") + "}$", "stop", 0
-            return h.prefix_text(out.positions[c]), h.finish_reason if h.finish_reason in ("stop", "length") else "stop", 0
+            if c not in out.returned:
+                return h.prefix_text(out.positions[c]), h.finish_reason if h.finish_reason in ("stop", "length") else "stop", 0
+            prefix = h.prefix_text(out.positions[c])
+            close = getattr(profile, "think_close", None)
+            force = forcing.replace(close, "", 1) if close and close in prefix and close in forcing else forcing
+            if h.probes_free:
+                return prefix + force + (classes.text(out.answer) or "") + suffix, "stop", 0
+            try:
+                pr = await h.probe((out.positions[c], "final"))
+                ans = forced_answer(pr.text or "") or classes.text(out.answer) or ""
+                return prefix + force + ans + suffix, "stop", int(pr.cost)
+            except (BackendError, TypeError, ValueError):
+                return prefix + force + (classes.text(out.answer) or "") + suffix, "stop", 0
         return classes.text(out.answer) or "", "stop", 0
 
     @app.post("/v1/chat/completions")

@@ -28,9 +28,17 @@ class ServeSettings(BaseSettings):
     uncertified: Literal["refuse", "mark"] = Field("refuse", description="a request outside a policy's certified conditions")
     abstain_message: str = "I am not confident enough to answer this question."
     escalate_to: str | None = Field(None, description="a second backend (URL | embedded-1.5b | GGUF path | trace:DIR): a question the policy abstains on or escalates is answered by it at full compute (a cascade)")
+    upstream_api: Literal["completions", "chat"] = Field(
+        "completions", description="how an HTTP upstream is spoken to: completions (raw prompts; probes continue a prefix) or chat "
+        "(/v1/chat/completions only: hosted APIs, Ollama, vLLM or SGLang with a reasoning parser; no prefix continuation unless continuation is set)")
+    continuation: bool = Field(False, description="the chat upstream continues a final assistant message (vLLM/SGLang continue_final_message): probes may force an answer")
+    profile: str | None = Field(None, description="the model's reasoning profile: a name from the bundled table (generic, deepseek-r1, qwq, qwen3, gpt-oss, "
+                                "gemma-thinking) or a TOML file; default: detected from the model name and chat template")
+    reasoning_format: Literal["separate", "inline"] = Field("separate", description="chat responses: the thinking in reasoning_content (separate) "
+                                                             "or inline in content between the profile's markers")
     probe_every: int = Field(32, ge=0)
     cue_probes: bool = True
-    forcing: str = DEFAULT_FORCING
+    forcing: str = Field(DEFAULT_FORCING, description="the answer-forcing string of probes; default: the model profile's (the generic profile's is this)")
     probe_max_tokens: int = Field(16, ge=1)
     upstream_timeout_s: float = Field(60.0, gt=0, description="longest silence from the upstream before the request fails")
     log_prompts: bool = False

@@ -84,3 +84,99 @@ def text_probes(text: str, tokenized: Any) -> dict[str, Any]:
         "probe_cue": cues,
         "first_candidate_position": first,
     }
+
+
+#: characters read past a cue's start before it is taken as final when reading a stream: a cue
+#: match is at most 20 characters, so a match starting this far before the end cannot change
+STREAM_LOOKAHEAD = 32
+
+
+class TextProbeScanner:
+    """:func:`text_probes` over a chain that arrives token by token (the live driver's view).
+
+    ``feed(piece)`` appends one token's text; ``probe_at(position)`` gives the
+    ``(cue, answer)`` probe that :func:`text_probes` records at ``position`` of the
+    whole text, or None. It is final once the text read extends
+    :data:`STREAM_LOOKAHEAD` characters past the end of token ``position + 1`` (or
+    the chain has ended, :meth:`close`); :meth:`ready` says whether it is.
+
+    The cues are found with the same expression, left to right, non-overlapping, as
+    on the whole text; a match is kept only once the text extends
+    :data:`STREAM_LOOKAHEAD` characters past its start, so a longer cue that starts
+    earlier cannot still be completed. The answer is the last candidate statement
+    ending before the cue in the text read so far.
+
+    Examples
+    --------
+    >>> sc = TextProbeScanner()
+    >>> for piece in ["So", " the", " answer", " is", " 4", ".", "\\n\\n", "Wait", ",", " check"]:
+    ...     sc.feed(piece)
+    >>> sc.close()
+    >>> sc.probe_at(6), sc.probe_at(7)
+    (('blank_line', '4'), ('wait', '4'))
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.ends: list[int] = []
+        self.length = 0
+        self.closed = False
+        self._cursor = 0
+        self._cues: dict[int, tuple[str, int]] = {}  # position -> (cue, char start); the later cue at a position wins
+        self._text = ""
+        self._stale = False
+
+    @property
+    def text(self) -> str:
+        if self._stale:
+            self._text = "".join(self.parts)
+            self._stale = False
+        return self._text
+
+    def feed(self, piece: str) -> None:
+        self.parts.append(piece)
+        self.length += len(piece)
+        self.ends.append(self.length)
+        self._stale = True
+        self._scan()
+
+    def close(self) -> None:
+        self.closed = True
+        self._scan()
+
+    def ready(self, position: int) -> bool:
+        """Whether :meth:`probe_at` is final at ``position`` (needs token ``position + 1``)."""
+        if self.closed:
+            return True
+        if position >= len(self.ends):
+            return False
+        return self.length >= self.ends[position] + STREAM_LOOKAHEAD
+
+    def _scan(self) -> None:
+        import bisect
+
+        text = self.text
+        for m in CUE_RE.finditer(text, self._cursor):
+            if not self.closed and self.length - m.start() < STREAM_LOOKAHEAD:
+                return  # may still grow into (or be preceded by) another cue
+            pos = bisect.bisect_right(self.ends, m.start())
+            self._cues[pos] = (m.lastgroup or "cue", m.start())
+            self._cursor = m.end()
+        # no match left in the text read: resume close to its end (a match needs its own characters)
+        self._cursor = max(self._cursor, self.length - STREAM_LOOKAHEAD)
+
+    def probe_at(self, position: int) -> tuple[str, str | None] | None:
+        """``(cue, answer)`` of the probe at ``position``, or None where there is none."""
+        hit = self._cues.get(position)
+        if hit is None:
+            return None
+        cue, start = hit
+        from stopwise.answers import find_candidates
+
+        ans = None
+        for c in find_candidates(self.text):
+            if c.end > start:
+                break
+            ans = c.answer
+        return cue, ans
+

@@ -69,6 +69,8 @@ class Tokenizer:
         except ImportError as exc:
             raise MissingExtraError("the offline tokenizer", "tokenize", "tokenizers and gguf") from exc
         self.path = Path(gguf_path)
+        if self._load_cached():
+            return
 
         class _HeaderOnly(GGUFReader):
             # the header is all we need; the tensors may be missing from a part file
@@ -99,6 +101,50 @@ class Tokenizer:
             h.update(b"\0")
         self.vocab_sha256 = h.hexdigest()
         self.vocab_size = len(tokens)
+        self._store_cached()
+
+    def _cache_file(self) -> Path | None:
+        """The built tokenizer kept in the cache folder, keyed by the GGUF file's path, size and mtime
+        (reading 151k tokens and merges from a GGUF header takes seconds; loading the built one, less than one)."""
+        from stopwise.models import cache_dir
+
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        key = hashlib.sha256(f"{self.path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        return cache_dir() / f"tokenizer-{key}.json"
+
+    def _load_cached(self) -> bool:
+        import json
+
+        f = self._cache_file()
+        if f is None or not f.exists():
+            return False
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            doc = json.loads(f.read_text())
+            self._tok = HFTokenizer.from_str(doc["tokenizer"])
+            self.model_name, self.vocab_sha256, self.vocab_size = doc["model_name"], doc["vocab_sha256"], int(doc["vocab_size"])
+            return True
+        except Exception:  # noqa: BLE001 - a damaged or older cache entry: build again
+            return False
+
+    def _store_cached(self) -> None:
+        import json
+
+        f = self._cache_file()
+        if f is None:
+            return
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"tokenizer": self._tok.to_str(), "model_name": self.model_name,
+                                       "vocab_sha256": self.vocab_sha256, "vocab_size": self.vocab_size}))
+            os.replace(tmp, f)  # whole or absent, also with several processes at once
+        except OSError:
+            pass  # a read-only cache folder: build each time
 
     @classmethod
     def qwen25(cls) -> "Tokenizer":

@@ -1,0 +1,286 @@
+"""Reasoning models as they are served, over real loopback HTTP with the official openai SDK.
+
+The upstream is ``stopwise serve --backend trace:qwq_gsm8k``: real QwQ-32B chains
+replayed token by token through ``/v1/chat/completions``. In front of it,
+``stopwise serve --upstream-api chat`` with and without a certified policy.
+Fake upstreams (raw sockets, named as such) misbehave on purpose.
+"""
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from net_helpers import fake_upstream, read_request
+
+from stopwise.data import bundled_path
+
+pytest.importorskip("fastapi")
+pytest.importorskip("openai")
+pytest.importorskip("tokenizers")
+
+
+def start(settings, backend=None):
+    import uvicorn
+    from net_helpers import free_port
+
+    from stopwise.server.app import create_app
+
+    app = create_app(settings, backend=backend)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server, t
+
+
+@pytest.fixture(scope="module")
+def qwq():
+    from stopwise.traces.io import read_trace_set
+
+    return read_trace_set(bundled_path("qwq_gsm8k"))
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    from stopwise.server.settings import ServeSettings
+
+    url, server, t = start(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}?rate=0", max_tokens_limit=20000, max_concurrent=16))
+    yield url
+    server.should_exit = True
+    t.join(5)
+
+
+@pytest.fixture(scope="module")
+def text_policy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pol") / "fc.json"
+    subprocess.run([sys.executable, "-m", "stopwise.cli.main", "calibrate", "--traces", str(bundled_path("qwq_gsm8k")),
+                    "--policy", "first_candidate", "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def front(upstream, text_policy):
+    from stopwise.server.settings import ServeSettings
+
+    url, server, t = start(ServeSettings(backend=upstream, upstream_api="chat", policies=[str(text_policy)], max_tokens_limit=20000))
+    yield url
+    server.should_exit = True
+    t.join(5)
+
+
+def client(url):
+    from openai import OpenAI
+
+    return OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def question(qwq, i):
+    row = qwq.chains.slice(i, 1).to_pylist()[0]
+    return qwq.questions.column("question")[i].as_py(), row
+
+
+def test_reasoning_content_apart_from_the_answer_not_streamed(upstream, qwq):
+    q, row = question(qwq, 0)
+    r = client(upstream).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000)
+    msg = r.choices[0].message
+    reasoning = msg.model_extra["reasoning_content"]
+    # the model's own text, split at its closing marker: nothing lost, nothing added
+    assert reasoning + "</think>" + msg.content == row["text"]
+    assert "</think>" not in msg.content and "\\boxed{540}" in reasoning
+    assert r.usage.completion_tokens == row["n_tokens"]
+    details = r.usage.completion_tokens_details
+    assert 0 < details.reasoning_tokens < r.usage.completion_tokens
+
+
+def test_reasoning_content_streamed_one_chunk_a_token(upstream, qwq):
+    q, row = question(qwq, 1)
+    stream = client(upstream).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000, stream=True)
+    reasoning, content, chunks, usage = [], [], 0, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for ch in chunk.choices:
+            d = ch.delta
+            r = (d.model_extra or {}).get("reasoning_content")
+            if r is not None or d.content is not None:
+                chunks += 1
+            if r:
+                assert not content, "thinking after the answer began"
+                reasoning.append(r)
+            if d.content:
+                content.append(d.content)
+    assert "".join(reasoning) + "</think>" + "".join(content) == row["text"]
+    assert chunks == row["n_tokens"] == usage.completion_tokens  # a client counting chunks counts the set's tokens
+    assert usage.completion_tokens_details.reasoning_tokens == len(reasoning) or usage.completion_tokens_details.reasoning_tokens >= len(reasoning)
+
+
+def test_inline_thinking_for_clients_that_parse_it(qwq):
+    from stopwise.server.settings import ServeSettings
+
+    url, server, t = start(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}?rate=0", max_tokens_limit=20000, reasoning_format="inline"))
+    try:
+        q, row = question(qwq, 2)
+        r = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000)
+        msg = r.choices[0].message
+        assert "reasoning_content" not in (msg.model_extra or {})
+        # QwQ's template opened the thinking in the prompt: the inline client gets the opening marker too
+        assert msg.content == "<think>" + row["text"]
+    finally:
+        server.should_exit = True
+        t.join(5)
+
+
+def test_policy_over_a_chat_upstream_stops_on_a_stated_answer(front, qwq):
+    q, row = question(qwq, 3)
+    stream = client(front).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000, stream=True, seed=0)
+    reasoning, content, sw, usage = [], [], None, None
+    for chunk in stream:
+        sw = (chunk.model_extra or {}).get("stopwise") or sw
+        usage = chunk.usage or usage
+        for ch in chunk.choices:
+            r = (ch.delta.model_extra or {}).get("reasoning_content")
+            if r:
+                reasoning.append(r)
+            if ch.delta.content:
+                content.append(ch.delta.content)
+    assert sw["policy"] == "first_candidate" and sw["certified"] is True
+    assert sw["stopped_early"] == 1 and sw["tokens"] < row["n_tokens"]
+    assert sw["probe_tokens"] == 0  # the answer was read from the stream: no forcing request
+    # the thinking the client got is the chain's own prefix (and the forcing's line break before its
+    # closing marker), and the answer is the one it stated
+    got = "".join(reasoning)
+    assert got.endswith("\n") and row["text"].startswith(got[:-1])
+    assert "".join(content).strip().endswith("\\boxed{" + sw["answer"] + "}")
+    acc = usage.model_extra["stopwise"]
+    assert acc["generated_tokens"] >= sw["tokens"] and acc["probe_tokens"] == 0
+    assert acc["saved_tokens_estimate"] == max(0, acc["full_tokens_estimate"] - acc["generated_tokens"])
+
+
+def test_policy_not_streamed_has_accounting_headers(front, qwq):
+    import httpx
+
+    q, _ = question(qwq, 4)
+    r = httpx.post(front + "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": q}], "max_tokens": 20000}, timeout=120)
+    assert r.status_code == 200
+    body = r.json()
+    msg = body["choices"][0]["message"]
+    assert msg["reasoning_content"] and "\\boxed{" in msg["content"]
+    assert int(r.headers["x-stopwise-generated-tokens"]) == body["usage"]["stopwise"]["generated_tokens"]
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] > 0
+
+
+def test_chat_only_upstream_refuses_a_policy_that_forces_answers(upstream, tmp_path):
+    from stopwise.errors import ConfigError
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    pol = tmp_path / "forced.json"
+    subprocess.run([sys.executable, "-m", "stopwise.cli.main", "calibrate", "--traces", str(bundled_path("gsm8k_qwen05")),
+                    "--policy", "token_budget", "--epsilon", "0.2", "--select", "aggressive", "--out", str(pol)], check=True, capture_output=True)
+    assert json.loads(pol.read_text())["conditions"]["forcing_string"]  # calibrated on forced probes
+    with pytest.raises(ConfigError) as e:
+        create_app(ServeSettings(backend=upstream, upstream_api="chat", policies=[str(pol)]))
+    msg = str(e.value) + " " + (e.value.hint or "")
+    assert "cannot continue a prefix" in msg and "first_candidate" in msg and str(pol) in msg
+    # the same policy over /v1/completions is accepted (probes continue the prefix there)
+    create_app(ServeSettings(backend=upstream, upstream_api="completions", policies=[str(pol)]))
+
+
+def sse_chat(deltas, *, cut=False):
+    """A fake chat upstream's body: one SSE event per delta, then [DONE] (or nothing: the stream is cut)."""
+    out = b""
+    for d in deltas:
+        ev = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "DeepSeek-R1-Distill-Qwen-7B",
+              "choices": [{"index": 0, "delta": d, "finish_reason": None}]}
+        out += b"data: " + json.dumps(ev).encode() + b"\n\n"
+    return out if cut else out + b"data: [DONE]\n\n"
+
+
+def fake_chat_upstream(body: bytes, *, cut: bool):
+    """A FAKE chat-only upstream: /v1/models, then the given stream on /v1/chat/completions."""
+
+    def handler(conn, stop):
+        try:
+            while True:
+                path, _ = read_request(conn)
+                if path.startswith(b"/v1/models"):
+                    data = json.dumps({"object": "list", "data": [{"id": "DeepSeek-R1-Distill-Qwen-7B", "object": "model"}]}).encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+                    continue
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                conn.sendall(hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n")
+                if cut:
+                    conn.close()  # mid-thinking: no [DONE], no end of the chunked body
+                    return
+                conn.sendall(b"0\r\n\r\n")
+        except OSError:
+            return
+
+    return fake_upstream(handler)
+
+
+def test_upstream_cut_in_the_middle_of_thinking():
+    from openai import APIError
+
+    from stopwise.server.settings import ServeSettings
+
+    up, close = fake_chat_upstream(sse_chat([{"role": "assistant", "content": ""}] + [{"reasoning_content": w} for w in ["Let", " me", " think"]], cut=True), cut=True)
+    url, server, t = start(ServeSettings(backend=up, upstream_api="chat", upstream_timeout_s=5))
+    try:
+        got = []
+        t0 = time.monotonic()
+        with pytest.raises(APIError) as e:  # the SDK raises on the error event; the thinking so far arrived first
+            for chunk in client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}], stream=True):
+                for ch in chunk.choices:
+                    got.append((ch.delta.model_extra or {}).get("reasoning_content"))
+        assert time.monotonic() - t0 < 10
+        assert "".join(g for g in got if g) == "Let me think"
+        assert "broke" in str(e.value) or "without [DONE]" in str(e.value) or "closed" in str(e.value)
+    finally:
+        server.should_exit = True
+        t.join(5)
+        close()
+
+
+def test_no_reasoning_field_is_read_inline_with_one_warning(caplog):
+    from stopwise.server.settings import ServeSettings
+
+    body = sse_chat([{"role": "assistant", "content": ""}, {"content": "Two"}, {"content": " plus two is 4."}, {"content": "</think>"},
+                     {"content": "\n\nThe answer is $\\boxed{4}$."}])
+    up, close = fake_chat_upstream(body, cut=False)
+    url, server, t = start(ServeSettings(backend=up, upstream_api="chat"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="stopwise.backends"):
+            for _ in range(2):
+                r = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "2+2?"}])
+                msg = r.choices[0].message
+                assert msg.model_extra["reasoning_content"] == "Two plus two is 4."
+                assert msg.content == "\n\nThe answer is $\\boxed{4}$."
+        warned = [rec for rec in caplog.records if "no reasoning field" in rec.getMessage()]
+        assert len(warned) == 1
+    finally:
+        server.should_exit = True
+        t.join(5)
+        close()
+
+
+def test_bad_profile_fails_at_start_up_naming_the_key(tmp_path):
+    from stopwise.backends.profiles import ProfileError
+    from stopwise.server.app import create_app
+    from stopwise.server.settings import ServeSettings
+
+    bad = tmp_path / "p.toml"
+    bad.write_text('[mine]\nthink_close = "</think>"\nthink_clse = "x"\n[mine.forcing]\nmath = "</think> Final: "\n')
+    with pytest.raises(ProfileError) as e:
+        create_app(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}", profile=str(bad)))
+    assert "think_clse" in str(e.value) and str(bad) in str(e.value)
+    bad.write_text('[mine]\nthink_close = "</think>"\n[mine.forcing]\nmath = "</think> Final: "\n')
+    with pytest.raises(ProfileError) as e:
+        create_app(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}", profile=str(bad)))
+    assert "math" in str(e.value) and "{answer}" in str(e.value)
