@@ -284,3 +284,25 @@ def test_bad_profile_fails_at_start_up_naming_the_key(tmp_path):
     with pytest.raises(ProfileError) as e:
         create_app(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}", profile=str(bad)))
     assert "math" in str(e.value) and "{answer}" in str(e.value)
+
+
+def test_collect_from_a_chat_only_upstream_gives_text_probes_like_the_bundled_sets(upstream, qwq, tmp_path):
+    """`stopwise collect --upstream-api chat`: the real chains the upstream serves come back as a text
+    trace set whose token positions and text-derived probes are the bundled set's own."""
+    from stopwise.collect import CollectConfig, collect
+    from stopwise.datasets import load_dataset
+    from stopwise.traces.io import read_trace_set
+
+    logged = {q: i for i, q in enumerate(qwq.questions.column("question").to_pylist())}
+    items = load_dataset("gsm8k", size=1319, seed=0).items
+    offset = next(i for i, it in enumerate(items) if it.question in logged and items[i + 1].question in logged)
+    cfg = CollectConfig(dataset="gsm8k", model=upstream, api="chat", questions=2, offset=offset, chains=1, max_tokens=20000, batch_chains=2)
+    path = collect(cfg, tmp_path / "chat_set")
+    ts = read_trace_set(path)
+    assert ts.provenance.probe_schedule.startswith("text cues") and ts.provenance.forcing_string is None
+    for got in ts.chains.to_pylist():
+        q = ts.questions.column("question")[[r["question_id"] for r in ts.questions.to_pylist()].index(got["question_id"])].as_py()
+        want = qwq.chains.slice(logged[q], 1).to_pylist()[0]
+        assert got["text"] == want["text"] and got["n_tokens"] == want["n_tokens"]
+        assert got["probe_position"] == want["probe_position"] and got["probe_cue"] == want["probe_cue"]
+        assert got["probe_answer"] == want["probe_answer"] and set(got["probe_cost"]) <= {0}

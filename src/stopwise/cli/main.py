@@ -72,6 +72,9 @@ def import_cmd(paths: tuple[Path, ...], out: Path, fmt: str, name: str | None, t
 @click.option("--forcing", default=None, help="Forcing string appended for probes (default: blank line + 'Final answer: $\\boxed{').")
 @click.option("--direct", is_flag=True, help="No chain of thought: start the answer with the forcing string and let the "
               "model write only the answer (use a small --max-tokens and --temperature 0; the think-or-not gate's direct probe).")
+@click.option("--upstream-api", "api", default="completions", show_default=True, type=click.Choice(["completions", "chat"]),
+              help="An HTTP model: completions (probes force answers) or chat (a chat-only API: probes read from the text at cues, as the bundled R1/QwQ sets).")
+@click.option("--profile", default=None, help="The model's reasoning profile (deepseek-r1, qwq, qwen3, gpt-oss, gemma-thinking, generic) or a TOML file; default: detected.")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(0, 5), help="Top logprobs kept per position.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--size", "dataset_size", default=500, show_default=True, type=click.IntRange(1), help="Questions generated for reasoning-gym datasets.")

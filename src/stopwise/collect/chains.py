@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +38,9 @@ class CollectConfig(BaseModel):
     forcing: str = DEFAULT_FORCING
     direct: bool = Field(False, description="no chain of thought: the assistant turn starts with the forcing string, "
                                             "and the model writes only the answer (a think-or-not gate's direct probe)")
+    api: Literal["completions", "chat"] = Field("completions", description="an HTTP model: completions (probes force answers by "
+                                                "continuing the prefix) or chat (a chat-only API: probes are read from the text at cues)")
+    profile: str | None = Field(None, description="the model's reasoning profile (default: detected from the model name)")
     top_k: int = Field(5, ge=0, le=5)
     seed: int = 0
     dataset_size: int = Field(500, ge=1, description="questions generated for reasoning-gym datasets")
@@ -51,11 +54,15 @@ class CollectConfig(BaseModel):
         return self.chains
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the output (not how fast it is made); ``direct`` only when set, so that
+        """The fields that define the output (not how fast it is made); ``direct``, ``api`` and ``profile`` only when set, so that
         collections started before it existed still resume."""
         d = self.model_dump(exclude={"batch_chains", "n_threads", "flush_every"})
         if not d.get("direct"):
             d.pop("direct", None)
+        if d.get("api") == "completions":
+            d.pop("api", None)
+        if d.get("profile") is None:
+            d.pop("profile", None)
         return d
 
 

@@ -37,6 +37,22 @@ class _HttpModel:
     sha256 = None
 
 
+def text_derived_probes(lc: _Live) -> list[tuple[int, str | None, float, int, str]]:
+    """A chat chain's probes: at each cue, the answer it had stated (as the bundled R1/QwQ sets'),
+    at token positions counted as the chain arrived (one token a logprob entry or stream chunk)."""
+    import math
+
+    from stopwise.traces.textprobes import text_probes
+    from stopwise.traces.tokenize import TokenizedText
+
+    ends, acc = [], 0
+    for piece in lc.tokens:
+        acc += len(piece)
+        ends.append(acc)
+    p = text_probes("".join(lc.tokens), TokenizedText(ends))
+    return [(pos, ans, math.nan, 0, cue) for pos, ans, cue in zip(p["probe_position"], p["probe_answer"], p["probe_cue"])]
+
+
 async def _collect_http(
     cfg: CollectConfig,
     state: Path,
@@ -51,13 +67,25 @@ async def _collect_http(
     """Collect through an OpenAI-compatible server: chains as parallel streams, probes as
     side requests that continue the chain's prefix (the server's prefix cache, if any,
     makes them cheap). Entropy is not available over HTTP; token confidence is computed
-    from the top logprobs the server returns."""
+    from the top logprobs the server returns.
+
+    A chat-only upstream (``cfg.api == "chat"``) cannot continue a prefix: its chains get
+    text-derived probes instead (:func:`text_derived_probes`), and logprobs are kept where
+    it returns them."""
     import asyncio
 
     from stopwise.backends.openai_compat import OpenAICompatBackend
 
-    be = OpenAICompatBackend(cfg.model, top_logprobs=max(cfg.top_k, 1))
-    await be.fetch_chat_template()
+    chat = cfg.api == "chat"
+    if chat:
+        from stopwise.backends.openai_chat import OpenAIChatBackend
+        from stopwise.backends.profiles import detect_profile
+
+        be = OpenAIChatBackend(cfg.model, top_logprobs=max(cfg.top_k, 1))
+        be.profile = detect_profile(await be.model_id(), override=cfg.profile)
+    else:
+        be = OpenAICompatBackend(cfg.model, top_logprobs=max(cfg.top_k, 1))
+        await be.fetch_chat_template()
     sem = asyncio.Semaphore(cfg.batch_chains)
     buffer: list[dict[str, Any]] = []
     counters = {"new": 0, "tokens": 0}
@@ -84,12 +112,13 @@ async def _collect_http(
             steps: list[Any] = []
             tasks: list[asyncio.Task] = []
             try:
-                async for st in be.stream(prompt, smp, require_logprobs=True):
+                async for st in be.stream(prompt, smp, require_logprobs=not chat):
                     steps.append(st)
                     counters["tokens"] += 1
                     for pos, cue in lc.add(st, cfg):
-                        tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
-                lc.probes = list(await asyncio.gather(*tasks))
+                        if not chat:
+                            tasks.append(asyncio.create_task(probe(prompt, steps[:pos], pos, cue)))
+                lc.probes = text_derived_probes(lc) if chat else list(await asyncio.gather(*tasks))
             finally:  # a failed stream or probe: this chain's other probes stop too
                 for t in tasks:
                     t.cancel()

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from stopwise.backends.base import LOGPROB_CONVENTION, Sampling
+from stopwise.traces.textprobes import TEXT_CUE_SCHEDULE
 from stopwise.backends.probes import forced_answer, forced_answer_done
 from stopwise.collect.chains import (
     CollectConfig,
@@ -105,6 +106,9 @@ def collect(
     if cfg.direct and is_http(cfg.model):
         raise ConfigError("--direct needs the embedded backend (it continues the prompt with the forcing string as token ids)",
                           hint="collect direct answers with --model embedded or a GGUF path")
+    if cfg.api == "chat" and not is_http(cfg.model):
+        raise ConfigError(f"--upstream-api chat needs an HTTP model (a URL), not '{cfg.model}'",
+                          hint="e.g. --model http://127.0.0.1:8000 --upstream-api chat; the embedded model is collected with forced probes")
     resolved = _HttpModel(cfg.model) if is_http(cfg.model) else resolve_model(cfg.model)  # a wrong --model fails here too
     state = _open_state(out, cfg, command, questions_fingerprint(items))
     with _exclusive(state):
@@ -294,6 +298,7 @@ def assemble(
     _check_out(out, cfg.identity())
     command = command or meta.get("command")
     http = is_http(cfg.model)
+    chat = http and cfg.api == "chat"
     resolved = resolved or (_HttpModel(cfg.model) if http else resolve_model(cfg.model))
     ds, items = _select(cfg)
     fingerprint = meta.get("questions_sha256")
@@ -327,8 +332,10 @@ def assemble(
         command=command,
         model=resolved.title,
         model_sha256=resolved.sha256,
-        tokenizer="the server's" if http else "the model's own (llama.cpp, from the GGUF file)",
-        chat_template="client-side: the server's /props template, else ChatML" if http else "the GGUF file's tokenizer.chat_template",
+        tokenizer=("the server's (a token: one logprob entry, else one stream chunk)" if chat else "the server's") if http
+        else "the model's own (llama.cpp, from the GGUF file)",
+        chat_template=("the server's own (chat API)" if chat else "client-side: the server's /props template, else ChatML") if http
+        else "the GGUF file's tokenizer.chat_template",
         sampling={
             "temperature": cfg.temperature,
             "top_p": cfg.top_p,
@@ -338,10 +345,10 @@ def assemble(
             "chain_seed": "sha256(f'{seed}|{question_id}|{sample_id}')[:8] little-endian >> 1",
             "system_prompt": ds.system_prompt,
         },
-        forcing_string=cfg.forcing,
-        probe_schedule=f"every {cfg.probe_every} tokens" + (" and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)" if cfg.cue_probes else "")
+        forcing_string=None if chat else cfg.forcing,
+        probe_schedule=TEXT_CUE_SCHEDULE + "; read from the text of a chat-only upstream" if chat else f"every {cfg.probe_every} tokens" + (" and at cue tokens (blank line after; wait/hmm/alternatively/but/however before)" if cfg.cue_probes else "")
         + ("; direct answers: the assistant turn starts with the forcing string (no chain of thought)" if cfg.direct else ""),
-        logprob_convention=f"as reported by the server (top-{cfg.top_k}); token_confidence over those top-{cfg.top_k}; no entropy" if http else LOGPROB_CONVENTION,
+        logprob_convention=("as reported by the chat server, where it returns them" if chat else None) or f"as reported by the server (top-{cfg.top_k}); token_confidence over those top-{cfg.top_k}; no entropy" if http else LOGPROB_CONVENTION,
         license=f"questions: {ds.license}; outputs of {resolved.title} (Apache-2.0 upstream)",
         stopwise_version=__version__,
         notes=f"{len(keep)} of {len(items)} questions complete" + ("" if len(keep) == len(items) else " (partial collection)")

@@ -15,6 +15,10 @@ import math
 import re
 from typing import Any
 
+#: the probe schedule a trace set of text-derived probes records in its provenance (a server reads it
+#: to take the same probes live, from the stream)
+TEXT_CUE_SCHEDULE = "text cues (blank line, wait, hmm, alternatively, but, however, check)"
+
 CUE_RE = re.compile(
     r"(?P<blank_line>\n[ \t]*\n)"
     r"|(?<![A-Za-z])(?P<wait>Wait)\b"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stopwise import __version__
+from stopwise.traces.textprobes import TEXT_CUE_SCHEDULE
 from stopwise.errors import ConfigError, TraceFormatError, UnknownNameError
 from stopwise.traces.importers.common import read_json_records
 from stopwise.traces.model import Provenance, TraceSet, build_trace_set
@@ -101,12 +102,12 @@ def import_traces(
         schedule = "as logged"
     elif fmt == "grouped":
         questions, chains = parse_grouped(ps, tokenizer=tok, mapping=parse_mapping(mapping))
-        schedule = "text cues (blank line, wait, hmm, alternatively, but, however, check)"
+        schedule = TEXT_CUE_SCHEDULE
     else:
         if tok is None:
             raise ConfigError("reasoning traces need a tokenizer for token positions", hint="--tokenizer qwen2.5 or regex")
         questions, chains = parse_reasoning(ps, tokenizer=tok)
-        schedule = "text cues (blank line, wait, hmm, alternatively, but, however, check)"
+        schedule = TEXT_CUE_SCHEDULE
     prov = Provenance(
         source=source or ", ".join(p.name for p in ps),
         command=command,
