@@ -95,6 +95,9 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             if model is None and hasattr(be, "model_id"):
                 with contextlib.suppress(StopwiseError):
                     model = await be.model_id()
+            if hasattr(be, "fetch_chat_template") and settings.upstream_api == "completions":
+                with contextlib.suppress(StopwiseError):
+                    await be.fetch_chat_template()  # the server's template (llama.cpp's /props): detection, and client-side rendering
             info = be.model_info() or {}
             model = model or info.get("model") or getattr(be, "name", None)
             resolved["profile"] = detect_profile(model, info.get("chat_template"), override=settings.profile)
@@ -568,6 +571,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: P.ChatCompletionRequest):  # noqa: ANN202
+        await get_profile()  # before rendering: it may fetch the upstream's chat template
         prompt = be.render_chat([{"role": m.role, "content": m.content or ""} for m in req.messages])
         return await serve(req, prompt, True)
 
