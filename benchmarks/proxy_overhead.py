@@ -53,7 +53,8 @@ async def one_stream(client, url: str, tokens: int, seed: int) -> dict:
             if line.startswith("data: ") and line != "data: [DONE]":
                 obj = json.loads(line[6:])
                 ch = (obj.get("choices") or [{}])[0]
-                if (ch.get("delta") or {}).get("content"):
+                delta = ch.get("delta") or {}
+                if delta.get("content") or delta.get("reasoning_content"):  # a reasoning model's thinking counts too
                     times.append(time.perf_counter())
     return {"ttft": times[0] - t0 if times else None, "gaps": [b - a for a, b in zip(times, times[1:])], "tokens": len(times), "wall": time.perf_counter() - t0}
 

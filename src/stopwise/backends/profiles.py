@@ -222,6 +222,17 @@ class TagSplitter(ReasoningSplitter):
     def __init__(self, profile: ModelProfile) -> None:
         super().__init__(profile)
         self._state = "start"
+        self._lead = profile.think_close[:1]
+
+    def feed(self, text: str) -> list[tuple[str, str]]:
+        # the hot path of a proxy (one call a streamed token): nothing held back and no character
+        # that could begin the closing tag means the whole chunk keeps the current kind
+        if not self._buf and text:
+            if self._state == "content":
+                return [("content", text)]
+            if self._state == "reasoning" and (not self._lead or self._lead not in text):
+                return [("reasoning", text)]
+        return super().feed(text)
 
     def _run(self, final: bool) -> None:
         p = self.profile

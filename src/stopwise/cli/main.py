@@ -124,6 +124,10 @@ def collect_cmd(out: Path, assemble_partial: bool, compact: bool, seed_from: Pat
         raise ConfigError("--dataset is required", hint="e.g. --dataset gsm8k")
     if forcing is not None and not forcing.strip():
         raise ConfigError("--forcing is empty: a probe would ask nothing", hint="e.g. --forcing 'Final answer: '")
+    if forcing is None and kw.get("profile"):
+        from stopwise.backends.profiles import detect_profile
+
+        forcing = detect_profile(None, override=kw["profile"]).forcing("math")  # the profile's own answer forcing
     extra = {"forcing": forcing} if forcing is not None else {}
     cfg = CollectConfig(chains_first=cf, cue_probes=not no_cue_probes, **extra, **kw)
     # Ctrl-C or `kill PID` stops cleanly: the finished chains in memory are flushed first
