@@ -9,12 +9,19 @@ stream, which is how every one of these servers learns to stop generating.
 
 * ``n``: some servers ignore it; :meth:`OpenAICompatBackend.sample` asks once,
   counts the choices, and falls back to parallel requests if it got fewer.
-* Prefix continuation sends token ids where the chain's steps carry them and the
-  server accepts a token-id prompt (vLLM, SGLang), detected once; otherwise the
-  prefix text. The legacy ``logprobs`` object of ``/v1/completions`` names tokens
-  by their text only, so chains streamed from it carry no ids and their probes
-  send text, which the server tokenizes again (vLLM's ``return_tokens_as_token_ids``
-  is not used yet).
+* Token ids: with ``token_ids=True``, or by default once ``GET /v1/models`` names vLLM or
+  SGLang as the owner, a streamed generation asks for them (``return_tokens_as_token_ids``:
+  vLLM's ``"token_id:N"`` logprob tokens, whose text is taken from the chunk's text;
+  ``return_token_ids``: the choice's ``token_ids``, recent vLLM and SGLang); a non-streamed
+  one asks only for ``return_token_ids``. An upstream that refuses the fields (HTTP 400/422)
+  gets the request once more without them, and never again; one that ignores them
+  (llama.cpp's server) gives steps without ids. ``capabilities.token_ids`` says what the
+  upstream showed. A chain keeps ids only if every chunk carried them
+  (:class:`~stopwise.backends.openai_wire.ChainIds`).
+* Prefix continuation sends token ids where every step of the prefix carries one and the
+  server accepts a token-id prompt (vLLM, SGLang), detected once: the prompt's and the
+  forcing string's ids come from the server's ``/tokenize``. Otherwise it sends the prefix
+  text, which the server tokenizes again (not always into the chain's tokens).
 * Timeouts: connect, and read (a stall longer than ``read_timeout`` between two
   chunks, or longer than that with only keep-alive comments, ends the stream with a
   retryable :class:`BackendError`); a non-streamed answer must be complete within
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -45,10 +51,14 @@ from stopwise.backends.openai_wire import (
     MAX_RETRY_AFTER,
     SHAPE_HINT,
     STALL_HINT,
+    TOKEN_ID_FIELDS,
+    ChainIds,
     ClientShards,
     choices_of,
+    drain,
     httpx_module,
-    retry_after,
+    sse_event,
+    status_error,
     steps_from_chat_logprobs,
     steps_from_completion_logprobs,
 )
@@ -79,6 +89,9 @@ class OpenAICompatBackend(Backend):
         retried (a request that timed out may still be decoding upstream).
     max_connections : int
         Upstream connections open at once, all kept alive between requests.
+    token_ids : bool, optional
+        Ask generations for token ids (see the module docstring). None (the default): ask where
+        ``GET /v1/models`` (asked only when ``model`` is not given) names vLLM or SGLang.
     """
 
     capabilities = Capabilities(logprobs=True, top_k=5, prefix_continuation=True)
@@ -95,6 +108,7 @@ class OpenAICompatBackend(Backend):
         read_timeout: float = 60.0,
         retries: int = 2,
         max_connections: int = 256,
+        token_ids: bool | None = None,
     ) -> None:
         httpx = httpx_module()
         url = base_url.rstrip("/")
@@ -130,6 +144,11 @@ class OpenAICompatBackend(Backend):
         )
         self.n_supported: bool | None = None
         self.token_prompts: bool | None = None
+        self.token_ids = token_ids
+        self._ids_wanted = token_ids is True  # auto (None) turns it on when /v1/models names vLLM or SGLang
+        # what the upstream showed: True, ids came back; False, it refused the fields or ignored them
+        self.token_ids_supported: bool | None = None
+        self.capabilities = dataclasses.replace(type(self).capabilities, token_ids=False)
 
     # ---- errors ---------------------------------------------------------------------------
 
@@ -149,33 +168,6 @@ class OpenAICompatBackend(Backend):
             return BackendError(f"{what}: connection to {self.root} broke: {exc}", retryable=True)
         return BackendError(f"{what}: {type(exc).__name__}: {exc}")
 
-    @staticmethod
-    async def _status_error(resp: Any, what: str) -> BackendError:
-        try:
-            body = (await resp.aread()).decode("utf-8", errors="replace")
-        except Exception:  # noqa: BLE001 - best effort for the message
-            body = ""
-        msg = body[:300]
-        try:
-            obj = json.loads(body)
-            err = obj.get("error", obj)
-            msg = err.get("message", msg) if isinstance(err, dict) else str(err)
-        except (ValueError, AttributeError):
-            pass
-        code = resp.status_code
-        hint = {401: "the upstream wants an API key: check it (api_key=...)", 403: "the API key is not allowed this model or endpoint",
-                404: "check the URL (it should end in /v1 or be the server's root) and the model name",
-                429: "the upstream is rate-limiting: fewer chains at once (lower --batch) or wait"}.get(code)
-        if hint is None and code >= 500:
-            hint = "the upstream failed; a collection resumes where it stopped when run again"
-        return BackendError(
-            f"{what}: upstream answered HTTP {code}: {msg}",
-            retryable=code in (408, 409, 429) or code >= 500,
-            status=code,
-            hint=hint,
-            retry_after=retry_after(resp.headers.get("retry-after")),
-        )
-
     async def _post_json(self, path: str, body: dict[str, Any], what: str, *, retry: bool) -> dict[str, Any]:
         attempts = 1 + (self.retries if retry else 0)
         last: BackendError | None = None
@@ -183,7 +175,7 @@ class OpenAICompatBackend(Backend):
             async with self._clients.use() as client:
                 resp = await client.post(self.base + path, json=body)
             if resp.status_code >= 400:
-                raise await self._status_error(resp, what)
+                raise await status_error(resp, what)
             try:
                 obj = resp.json()
             except ValueError as exc:
@@ -234,7 +226,7 @@ class OpenAICompatBackend(Backend):
             async with self._clients.use() as client:
                 resp = await client.get(self.base + "/models", timeout=self.meta_timeout)
             if resp.status_code >= 400:
-                raise await self._status_error(resp, "GET /v1/models")
+                raise await status_error(resp, "GET /v1/models")
             try:
                 data = resp.json().get("data") or []
                 if not isinstance(data, list) or not all(isinstance(d, dict) and isinstance(d.get("id"), str) for d in data):
@@ -248,6 +240,8 @@ class OpenAICompatBackend(Backend):
             raise BackendError(f"{self.base}/models lists no model", hint="pass model=... (the name the server serves)")
         self._model = data[0]["id"]
         self.name = self._model
+        if self.token_ids is None and str(data[0].get("owned_by", "")).lower() in ("vllm", "sglang"):
+            self._ids_wanted = True
         return self._model
 
     def model_info(self) -> dict[str, Any]:
@@ -305,46 +299,12 @@ class OpenAICompatBackend(Backend):
             body["ignore_eos"] = True
         return body
 
-    def _sse_line(self, line: bytes, what: str) -> Any:
-        """One SSE line: its JSON event, :data:`DONE` for ``[DONE]``, None for anything else."""
-        line = line.strip()
-        if not line.startswith(b"data:"):
-            return None  # blank separators, comments (":"), event/id fields
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return DONE
-        try:
-            obj = json.loads(data)
-        except ValueError as exc:
-            raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120].decode(errors='replace')!r}", retryable=True) from exc
-        if not isinstance(obj, dict):
-            raise BackendError(f"{what}: malformed stream chunk from {self.root}: {data[:120].decode(errors='replace')!r}", retryable=True)
-        if "error" in obj:
-            err = obj["error"]
-            raise BackendError(f"{what}: upstream error mid-stream: {err.get('message', err) if isinstance(err, dict) else err}", retryable=True)
-        return obj
-
-    @staticmethod
-    async def _drain(chunks: AsyncIterator[bytes], within: float = 1.0) -> None:
-        """Read what follows ``[DONE]`` (the end of the chunked body) so httpx can keep the connection
-        alive for the next request; an upstream that sends more or stalls is cut off after ``within`` s
-        (its connection is then closed instead of reused)."""
-
-        async def rest() -> None:
-            async for _ in chunks:
-                pass
-
-        try:
-            await asyncio.wait_for(rest(), within)
-        except Exception:  # noqa: BLE001 - timeout or a broken tail: the events are already delivered
-            pass
-
     async def _sse(self, path: str, body: dict[str, Any], what: str) -> AsyncIterator[dict[str, Any]]:
         """Yield the JSON events of one streamed request; closing it closes the HTTP stream."""
         try:
             async with self._clients.use() as client, client.stream("POST", self.base + path, json=body) as resp:
                 if resp.status_code >= 400:
-                    raise await self._status_error(resp, what)
+                    raise await status_error(resp, what)
                 # SSE over the byte stream: split lines on b"\n" ourselves and hand json.loads the bytes
                 # (httpx's aiter_lines decodes and re-splits every chunk in two more generator layers,
                 # which was the largest share of the proxy's CPU per streamed token)
@@ -358,9 +318,9 @@ class OpenAICompatBackend(Backend):
                     lines = (buf + chunk).split(b"\n")
                     buf = lines.pop()
                     for line in lines:
-                        obj = self._sse_line(line, what)
+                        obj = sse_event(line, what, self.root)
                         if obj is DONE:
-                            await self._drain(chunks)
+                            await drain(chunks)
                             return
                         if obj is not None:
                             events += 1
@@ -372,7 +332,7 @@ class OpenAICompatBackend(Backend):
                                            hint=STALL_HINT)
                     if len(buf) > 1 << 20 and not events:
                         break  # a megabyte without a line break is not an event stream
-                obj = self._sse_line(buf, what)  # a last line without its newline
+                obj = sse_event(buf, what, self.root)  # a last line without its newline
                 if obj is DONE:
                     return
                 if obj is not None:
@@ -399,20 +359,34 @@ class OpenAICompatBackend(Backend):
         body = self._completion_body(prompt, sampling, stream=True)
         if not logprobs:
             body.pop("logprobs")
+        asked = self._ask_ids(body, stream=True)
         what = "POST /v1/completions"
-        events = self._sse("/completions", body, what)
-        seen = 0
+        require = require_logprobs and logprobs
+        events, obj = await self._open_stream(body, what)
+        chain = ChainIds()
         try:
-            async for obj in events:
-                for ch in choices_of(obj, what):
-                    seen += 1
-                    for st in steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what,
-                                                              require=require_logprobs and logprobs):
+            if obj is not None:
+                for st in self._chunk_steps(obj, what, require, chain, asked):
+                    yield st
+                async for obj in events:
+                    for st in self._chunk_steps(obj, what, require, chain, asked):
                         yield st
         finally:
             await events.aclose()
-        if not seen:
+        if not chain.choices:
             raise BackendError(f"{what}: the upstream's stream carried no choices", retryable=False, hint=SHAPE_HINT)
+
+    def _chunk_steps(self, obj: dict[str, Any], what: str, require: bool, chain: ChainIds, asked: bool) -> list[TokenStep]:
+        """The steps of one stream event, their token ids kept all-or-nothing over the chain."""
+        out: list[TokenStep] = []
+        for ch in choices_of(obj, what):
+            chain.choices += 1
+            lp = ch.get("logprobs")
+            steps = steps_from_completion_logprobs(lp, ch.get("text") or "", what=what, require=require, token_ids=ch.get("token_ids"))
+            if steps and lp and lp.get("tokens"):
+                self._ids_seen(steps[0].token_id is not None, asked)
+            out += chain.add(steps)
+        return out
 
     async def stream_chat(self, messages: Sequence[dict[str, str]], sampling: Sampling) -> AsyncIterator[TokenStep]:
         """Stream a chat completion (the server applies its own template)."""
@@ -436,7 +410,7 @@ class OpenAICompatBackend(Backend):
             async for obj in events:
                 for ch in choices_of(obj, "POST /v1/chat/completions"):
                     delta = ch.get("delta") or {}
-                    for st in steps_from_chat_logprobs(ch.get("logprobs"), delta.get("content") or ""):
+                    for st in steps_from_chat_logprobs(ch.get("logprobs"), delta.get("content") or "", token_ids=ch.get("token_ids")):
                         yield st
         finally:
             await events.aclose()
@@ -446,24 +420,27 @@ class OpenAICompatBackend(Backend):
         results: list[ChainResult] = []
         if self.n_supported is not False and n > 1:
             # generation is not retried: a request that timed out may still be decoding upstream
-            obj = await self._post_json("/completions", self._completion_body(prompt, sampling, stream=False, n=n), "POST /v1/completions (n)", retry=False)
+            body = self._completion_body(prompt, sampling, stream=False, n=n)
+            self._ask_ids(body, stream=False)
+            obj = await self._post_generation(body, "POST /v1/completions (n)")
             choices = choices_of(obj, "POST /v1/completions (n)")
             self.n_supported = len(choices) >= n
             # the chains of one n-request share its seed, and none of them is reproduced by it alone:
             # a chain records the seed only where it was the request's one answer (a server that ignores n)
             one_seed = sampling.seed if len(choices) == 1 else None
             for ch in choices[:n]:
-                steps = steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions (n)")
+                steps = self._choice_steps(ch, "POST /v1/completions (n)")
                 results.append(ChainResult(steps, ch.get("finish_reason") or "stop", seed=one_seed))
         rest = n - len(results)
         if rest > 0:
             async def one(i: int) -> ChainResult:
                 seed = None if sampling.seed is None else sampling.seed + len(results) + i
                 s = dataclasses.replace(sampling, seed=seed)
-                obj = await self._post_json("/completions", self._completion_body(prompt, s, stream=False), "POST /v1/completions", retry=False)
+                body = self._completion_body(prompt, s, stream=False)
+                self._ask_ids(body, stream=False)
+                obj = await self._post_generation(body, "POST /v1/completions")
                 ch = (choices_of(obj, "POST /v1/completions") or [{}])[0]
-                return ChainResult(steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what="POST /v1/completions"),
-                                   ch.get("finish_reason") or "stop", seed=seed)
+                return ChainResult(self._choice_steps(ch, "POST /v1/completions"), ch.get("finish_reason") or "stop", seed=seed)
 
             results += await asyncio.gather(*(one(i) for i in range(rest)))
         return results
@@ -480,7 +457,7 @@ class OpenAICompatBackend(Backend):
             obj = await self._try_token_prompt(prompt, ids, forcing, greedy)
         if obj is None:
             text = prompt + "".join(s.text for s in prefix) + forcing
-            obj = await self._post_json("/completions", self._completion_body(text, greedy, stream=False), "POST /v1/completions (probe)", retry=True)
+            obj = await self._post_json("/completions", self._probe_body(text, greedy), "POST /v1/completions (probe)", retry=True)
         what = "POST /v1/completions (probe)"
         ch = (choices_of(obj, what) or [{}])[0]
         steps = steps_from_completion_logprobs(ch.get("logprobs"), ch.get("text") or "", what=what)
@@ -505,13 +482,16 @@ class OpenAICompatBackend(Backend):
                 return None
             data = resp.json()
             head = data.get("tokens") or []
+            # no BOS before the forcing string: llama.cpp's server reads add_special, vLLM and SGLang add_special_tokens
+            # (their default is true); the prompt's head keeps each server's default, as a text prompt would
             async with self._clients.use() as client:
-                resp = await client.post(self.root + "/tokenize", json={"model": self._model, "prompt": forcing, "content": forcing, "add_special": False})
+                resp = await client.post(self.root + "/tokenize", json={"model": self._model, "prompt": forcing, "content": forcing,
+                                                                        "add_special": False, "add_special_tokens": False})
             tail = resp.json().get("tokens") or [] if resp.status_code == 200 else None
             if not head or tail is None or not all(isinstance(t, int) for t in head + tail):
                 self.token_prompts = False
                 return None
-            obj = await self._post_json("/completions", self._completion_body(head + ids + tail, greedy, stream=False), "POST /v1/completions (token probe)", retry=True)
+            obj = await self._post_json("/completions", self._probe_body(head + ids + tail, greedy), "POST /v1/completions (token probe)", retry=True)
             self.token_prompts = True
             return obj
         except BackendError as exc:
@@ -522,6 +502,90 @@ class OpenAICompatBackend(Backend):
         except Exception:  # noqa: BLE001 - the optional endpoint is absent or different
             self.token_prompts = False
             return None
+
+    def _probe_body(self, prompt: Any, greedy: Sampling) -> dict[str, Any]:
+        body = self._completion_body(prompt, greedy, stream=False)
+        if self.token_ids_supported:
+            # a probe reads its tokens' texts: not vLLM's placeholders, even where the server was started with
+            # --return-tokens-as-token-ids (the request's false wins over that flag)
+            body["return_tokens_as_token_ids"] = False
+        return body
+
+    # ---- token ids ---------------------------------------------------------------------------
+
+    def _ask_ids(self, body: dict[str, Any], *, stream: bool) -> bool:
+        """Add the token-id fields to a generation's ``body`` where this upstream is to be asked; True if added.
+
+        A non-streamed answer gets no placeholders: its one text could not be split into its tokens."""
+        if not (self._ids_wanted and self.token_ids_supported is not False and "logprobs" in body):
+            return False
+        if stream:
+            body["return_tokens_as_token_ids"] = True
+        body["return_token_ids"] = True
+        return True
+
+    def _ids_seen(self, seen: bool, asked: bool) -> None:
+        """What the first choice with logprob tokens showed: ids (``capabilities.token_ids`` from now on),
+        or none although a stream asked for both fields (the upstream ignores them: stop sending them)."""
+        if self.token_ids_supported is None and (seen or asked):
+            self.token_ids_supported = seen
+            self.capabilities = dataclasses.replace(self.capabilities, token_ids=seen)
+
+    def _ids_refused(self, exc: BackendError, body: dict[str, Any]) -> dict[str, Any] | None:
+        """``body`` without the token-id fields where ``exc`` may be the upstream refusing them, else None."""
+        if exc.status in (400, 422) and any(k in body for k in TOKEN_ID_FIELDS):
+            return {k: v for k, v in body.items() if k not in TOKEN_ID_FIELDS}
+        return None
+
+    def _forget_ids(self) -> None:
+        """The upstream refused the token-id fields (the same request without them went through): never again."""
+        self.token_ids_supported = False
+        self.capabilities = dataclasses.replace(self.capabilities, token_ids=False)
+
+    async def _open_stream(self, body: dict[str, Any], what: str) -> tuple[AsyncIterator[dict[str, Any]], Any]:
+        """Start a streamed generation: its events and the first one (None if none came).
+
+        An upstream that answers the token-id fields with HTTP 400 or 422 (before any event: nothing
+        was decoded, so sending the generation again is safe) gets it once more without them."""
+        events = self._sse("/completions", body, what)
+        try:
+            return events, await anext(events, None)
+        except BackendError as exc:  # the generator has ended with its error
+            plain = self._ids_refused(exc, body)
+            if plain is None:
+                raise
+        except BaseException:
+            await events.aclose()
+            raise
+        events = self._sse("/completions", plain, what)
+        try:
+            first = await anext(events, None)
+        except BaseException:
+            await events.aclose()
+            raise
+        self._forget_ids()
+        return events, first
+
+    async def _post_generation(self, body: dict[str, Any], what: str) -> dict[str, Any]:
+        """A non-streamed generation (not retried), sent once more without the token-id fields if refused for them."""
+        try:
+            return await self._post_json("/completions", body, what, retry=False)
+        except BackendError as exc:
+            plain = self._ids_refused(exc, body)
+            if plain is None:
+                raise
+        obj = await self._post_json("/completions", plain, what, retry=False)
+        self._forget_ids()
+        return obj
+
+    def _choice_steps(self, ch: dict[str, Any], what: str) -> list[TokenStep]:
+        """A non-streamed choice's steps. It asked for ``return_token_ids`` only, which older vLLM ignores
+        though its streams give placeholders: only ids seen count, not their absence."""
+        lp = ch.get("logprobs")
+        steps = steps_from_completion_logprobs(lp, ch.get("text") or "", what=what, token_ids=ch.get("token_ids"))
+        if steps and lp and lp.get("tokens"):
+            self._ids_seen(steps[0].token_id is not None, asked=False)
+        return steps
 
     async def aclose(self) -> None:
         # a model-list request whose callers all left must not outlive the clients (or open a new one)
