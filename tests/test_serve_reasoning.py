@@ -306,3 +306,53 @@ def test_collect_from_a_chat_only_upstream_gives_text_probes_like_the_bundled_se
         assert got["text"] == want["text"] and got["n_tokens"] == want["n_tokens"]
         assert got["probe_position"] == want["probe_position"] and got["probe_cue"] == want["probe_cue"]
         assert got["probe_answer"] == want["probe_answer"] and set(got["probe_cost"]) <= {0}
+
+
+def test_chat_continuation_forces_an_answer_where_the_upstream_allows_it():
+    """With continuation (vLLM/SGLang continue_final_message), a chat upstream takes probes: the
+    FAKE upstream receives the prefix and forcing as a final assistant message to continue."""
+    import asyncio
+
+    from stopwise.backends.base import TokenStep
+    from stopwise.backends.openai_chat import OpenAIChatBackend
+    from stopwise.errors import BackendError
+
+    seen = []
+
+    def handler(conn, stop):
+        try:
+            while True:
+                path, body = read_request(conn)
+                if path.startswith(b"/v1/models"):
+                    data = json.dumps({"object": "list", "data": [{"id": "QwQ-32B", "object": "model"}]}).encode()
+                else:
+                    seen.append(json.loads(body))
+                    data = json.dumps({"id": "x", "object": "chat.completion", "model": "QwQ-32B",
+                                       "choices": [{"index": 0, "message": {"role": "assistant", "content": "42}"}, "finish_reason": "stop"}],
+                                       "usage": {"prompt_tokens": 30, "completion_tokens": 2}}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+        except OSError:
+            return
+
+    up, close = fake_upstream(handler)
+    try:
+        prompt_msgs = [{"role": "user", "content": "6*7?"}]
+        prefix = [TokenStep(text="Six times"), TokenStep(text=" seven is 42.")]
+
+        async def go(continuation):
+            be = OpenAIChatBackend(up, continuation=continuation)
+            try:
+                return await be.continue_prefix(be.render_chat(prompt_msgs), prefix, "\n</think>\n\n**Final Answer**\n\\boxed{", 16)
+            finally:
+                await be.aclose()
+
+        with pytest.raises(BackendError) as e:
+            asyncio.run(go(False))
+        assert "cannot continue a prefix" in str(e.value) and not seen
+        text, _, prefill, _ = asyncio.run(go(True))
+        assert text.startswith("42}") and prefill == 30
+        body = seen[-1]
+        assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+        assert body["messages"][-1] == {"role": "assistant", "content": "Six times seven is 42.\n</think>\n\n**Final Answer**\n\\boxed{"}
+    finally:
+        close()
