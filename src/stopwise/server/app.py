@@ -361,7 +361,6 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
             content, reasoning = raw, None
         else:
             content, reasoning = joined(out, [raw])
-            use = final_usage(chat, n_prompt, res.generated + esc_tokens, out, acc)
             if out.profile is not None and chat:  # the thinking's tokens: the delivered ones before the answer began
                 use["completion_tokens_details"]["reasoning_tokens"] = reasoning_count(res, out)
         if stream:
@@ -378,7 +377,7 @@ def create_app(settings: ServeSettings, backend: Backend | None = None):  # noqa
                     yield _sse(P.completion_chunk(rid, model_name, "", finish, extra=fin))
                 yield "data: [DONE]\n\n"
 
-            return StreamingResponse(gen(), media_type="text/event-stream", headers=P.accounting_headers({"policy": lp.name}))
+            return StreamingResponse(gen(), media_type="text/event-stream", headers={"x-stopwise-policy": lp.name})
         body = (P.chat_response if chat else P.completion_response)(rid, model_name, content, finish, use, sw, reasoning)
         return JSONResponse(body, headers=P.accounting_headers(acc))
 
