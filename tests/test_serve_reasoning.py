@@ -356,3 +356,33 @@ def test_chat_continuation_forces_an_answer_where_the_upstream_allows_it():
         assert body["messages"][-1] == {"role": "assistant", "content": "Six times seven is 42.\n</think>\n\n**Final Answer**\n\\boxed{"}
     finally:
         close()
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_separate_reasoning_field_reaches_the_client_as_reasoning_content(field):
+    """vLLM/SGLang/DeepSeek send `reasoning_content`, Ollama/OpenRouter `reasoning` (FAKE upstreams of each
+    shape): the client gets `reasoning_content` either way, and the answer apart."""
+    from stopwise.server.settings import ServeSettings
+
+    body = sse_chat([{"role": "assistant", "content": ""}, {field: "Two plus"}, {field: " two is 4."},
+                     {"content": "\n\nThe answer is $\\boxed{4}$."}])
+    up, close = fake_chat_upstream(body, cut=False)
+    url, server, t = start(ServeSettings(backend=up, upstream_api="chat"))
+    try:
+        stream = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "2+2?"}], stream=True)
+        reasoning, content, usage = [], [], None
+        for chunk in stream:
+            usage = chunk.usage or usage
+            for ch in chunk.choices:
+                r = (ch.delta.model_extra or {}).get("reasoning_content")
+                if r:
+                    reasoning.append(r)
+                if ch.delta.content:
+                    content.append(ch.delta.content)
+        assert "".join(reasoning) == "Two plus two is 4."
+        assert "".join(content) == "\n\nThe answer is $\\boxed{4}$."
+        assert usage.completion_tokens == 3 and usage.completion_tokens_details.reasoning_tokens == 2
+    finally:
+        server.should_exit = True
+        t.join(5)
+        close()

@@ -46,7 +46,7 @@ def check_upstream(doc: dict[str, Any], path: str, capabilities: Any, upstream: 
             hint=f"families that read the stream itself work on it: {', '.join(TEXT_PROBE_FAMILIES)} calibrated on text-derived "
                  f"probes (trace sets imported from text, or collected from a chat upstream), {', '.join(TOKEN_SIGNAL_FAMILIES)} "
                  "where the upstream returns logprobs, and the voting families; or serve from /v1/completions "
-                 "(upstream_api = completions), or vLLM/SGLang with continuation = true",
+                 "(--upstream-api completions), or vLLM/SGLang with --continuation (continue_final_message)",
         )
 
 
