@@ -59,3 +59,24 @@ def wait_http_ok(url: str, timeout: float) -> bool:
         except httpx.HTTPError:
             time.sleep(0.1)
     return False
+
+
+def start_app(settings, backend=None):
+    """``stopwise serve``'s app (``create_app(settings, backend)``) under uvicorn on a loopback port in a
+    thread; returns (url, server, thread). Stop it with ``server.should_exit = True; thread.join(5)``."""
+    import time
+
+    import uvicorn
+
+    from stopwise.server.app import create_app
+
+    app = create_app(settings, backend=backend)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server, t
+

@@ -10,11 +10,10 @@ import json
 import logging
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
-from net_helpers import fake_upstream, read_request
+from net_helpers import fake_upstream, read_request, start_app
 
 from stopwise.data import bundled_path
 
@@ -22,22 +21,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("openai")
 pytest.importorskip("tokenizers")
 
-
-def start(settings, backend=None):
-    import uvicorn
-    from net_helpers import free_port
-
-    from stopwise.server.app import create_app
-
-    app = create_app(settings, backend=backend)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{port}", server, t
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +34,7 @@ def qwq():
 def upstream():
     from stopwise.server.settings import ServeSettings
 
-    url, server, t = start(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}?rate=0", max_tokens_limit=20000, max_concurrent=16))
+    url, server, t = start_app(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}?rate=0", max_tokens_limit=20000, max_concurrent=16))
     yield url
     server.should_exit = True
     t.join(5)
@@ -69,7 +52,7 @@ def text_policy(tmp_path_factory):
 def front(upstream, text_policy):
     from stopwise.server.settings import ServeSettings
 
-    url, server, t = start(ServeSettings(backend=upstream, upstream_api="chat", policies=[str(text_policy)], max_tokens_limit=20000))
+    url, server, t = start_app(ServeSettings(backend=upstream, upstream_api="chat", policies=[str(text_policy)], max_tokens_limit=20000))
     yield url
     server.should_exit = True
     t.join(5)
@@ -84,6 +67,29 @@ def client(url):
 def question(qwq, i):
     row = qwq.chains.slice(i, 1).to_pylist()[0]
     return qwq.questions.column("question")[i].as_py(), row
+
+
+def read_stream(stream):
+    """What a streaming client received: the thinking and the answer (joined), the chunks that carried
+    text, whether any thinking came after the answer had begun, and the last stopwise object and usage."""
+    from types import SimpleNamespace
+
+    got = SimpleNamespace(reasoning=[], content=[], chunks=0, thinking_after_answer=False, sw=None, usage=None)
+    for chunk in stream:
+        got.sw = (chunk.model_extra or {}).get("stopwise") or got.sw
+        got.usage = chunk.usage or got.usage
+        for ch in chunk.choices:
+            r = (ch.delta.model_extra or {}).get("reasoning_content")
+            if r is not None or ch.delta.content is not None:
+                got.chunks += 1
+            if r:
+                got.thinking_after_answer |= bool(got.content)
+                got.reasoning.append(r)
+            if ch.delta.content:
+                got.content.append(ch.delta.content)
+    got.reasoning_chunks = len(got.reasoning)
+    got.reasoning, got.content = "".join(got.reasoning), "".join(got.content)
+    return got
 
 
 def test_reasoning_content_apart_from_the_answer_not_streamed(upstream, qwq):
@@ -102,28 +108,17 @@ def test_reasoning_content_apart_from_the_answer_not_streamed(upstream, qwq):
 def test_reasoning_content_streamed_one_chunk_a_token(upstream, qwq):
     q, row = question(qwq, 1)
     stream = client(upstream).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000, stream=True)
-    reasoning, content, chunks, usage = [], [], 0, None
-    for chunk in stream:
-        usage = chunk.usage or usage
-        for ch in chunk.choices:
-            d = ch.delta
-            r = (d.model_extra or {}).get("reasoning_content")
-            if r is not None or d.content is not None:
-                chunks += 1
-            if r:
-                assert not content, "thinking after the answer began"
-                reasoning.append(r)
-            if d.content:
-                content.append(d.content)
-    assert "".join(reasoning) + "</think>" + "".join(content) == row["text"]
-    assert chunks == row["n_tokens"] == usage.completion_tokens  # a client counting chunks counts the set's tokens
-    assert usage.completion_tokens_details.reasoning_tokens == len(reasoning) or usage.completion_tokens_details.reasoning_tokens >= len(reasoning)
+    got = read_stream(stream)
+    assert not got.thinking_after_answer
+    assert got.reasoning + "</think>" + got.content == row["text"]
+    assert got.chunks == row["n_tokens"] == got.usage.completion_tokens  # a client counting chunks counts the set's tokens
+    assert got.usage.completion_tokens_details.reasoning_tokens >= got.reasoning_chunks
 
 
 def test_inline_thinking_for_clients_that_parse_it(qwq):
     from stopwise.server.settings import ServeSettings
 
-    url, server, t = start(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}?rate=0", max_tokens_limit=20000, reasoning_format="inline"))
+    url, server, t = start_app(ServeSettings(backend=f"trace:{bundled_path('qwq_gsm8k')}?rate=0", max_tokens_limit=20000, reasoning_format="inline"))
     try:
         q, row = question(qwq, 2)
         r = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000)
@@ -139,24 +134,15 @@ def test_inline_thinking_for_clients_that_parse_it(qwq):
 def test_policy_over_a_chat_upstream_stops_on_a_stated_answer(front, qwq):
     q, row = question(qwq, 3)
     stream = client(front).chat.completions.create(model="m", messages=[{"role": "user", "content": q}], max_tokens=20000, stream=True, seed=0)
-    reasoning, content, sw, usage = [], [], None, None
-    for chunk in stream:
-        sw = (chunk.model_extra or {}).get("stopwise") or sw
-        usage = chunk.usage or usage
-        for ch in chunk.choices:
-            r = (ch.delta.model_extra or {}).get("reasoning_content")
-            if r:
-                reasoning.append(r)
-            if ch.delta.content:
-                content.append(ch.delta.content)
+    got = read_stream(stream)
+    sw, usage = got.sw, got.usage
     assert sw["policy"] == "first_candidate" and sw["certified"] is True
     assert sw["stopped_early"] == 1 and sw["tokens"] < row["n_tokens"]
     assert sw["probe_tokens"] == 0  # the answer was read from the stream: no forcing request
     # the thinking the client got is the chain's own prefix (and the forcing's line break before its
     # closing marker), and the answer is the one it stated
-    got = "".join(reasoning)
-    assert got.endswith("\n") and row["text"].startswith(got[:-1])
-    assert "".join(content).strip().endswith("\\boxed{" + sw["answer"] + "}")
+    assert got.reasoning.endswith("\n") and row["text"].startswith(got.reasoning[:-1])
+    assert got.content.strip().endswith("\\boxed{" + sw["answer"] + "}")
     acc = usage.model_extra["stopwise"]
     assert acc["generated_tokens"] >= sw["tokens"] and acc["probe_tokens"] == 0
     assert acc["saved_tokens_estimate"] == max(0, acc["full_tokens_estimate"] - acc["generated_tokens"])
@@ -231,7 +217,7 @@ def test_upstream_cut_in_the_middle_of_thinking():
     from stopwise.server.settings import ServeSettings
 
     up, close = fake_chat_upstream(sse_chat([{"role": "assistant", "content": ""}] + [{"reasoning_content": w} for w in ["Let", " me", " think"]], cut=True), cut=True)
-    url, server, t = start(ServeSettings(backend=up, upstream_api="chat", upstream_timeout_s=5))
+    url, server, t = start_app(ServeSettings(backend=up, upstream_api="chat", upstream_timeout_s=5))
     try:
         got = []
         t0 = time.monotonic()
@@ -254,7 +240,7 @@ def test_no_reasoning_field_is_read_inline_with_one_warning(caplog):
     body = sse_chat([{"role": "assistant", "content": ""}, {"content": "Two"}, {"content": " plus two is 4."}, {"content": "</think>"},
                      {"content": "\n\nThe answer is $\\boxed{4}$."}])
     up, close = fake_chat_upstream(body, cut=False)
-    url, server, t = start(ServeSettings(backend=up, upstream_api="chat"))
+    url, server, t = start_app(ServeSettings(backend=up, upstream_api="chat"))
     try:
         with caplog.at_level(logging.WARNING, logger="stopwise.backends"):
             for _ in range(2):
@@ -367,21 +353,13 @@ def test_a_separate_reasoning_field_reaches_the_client_as_reasoning_content(fiel
     body = sse_chat([{"role": "assistant", "content": ""}, {field: "Two plus"}, {field: " two is 4."},
                      {"content": "\n\nThe answer is $\\boxed{4}$."}])
     up, close = fake_chat_upstream(body, cut=False)
-    url, server, t = start(ServeSettings(backend=up, upstream_api="chat"))
+    url, server, t = start_app(ServeSettings(backend=up, upstream_api="chat"))
     try:
         stream = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "2+2?"}], stream=True)
-        reasoning, content, usage = [], [], None
-        for chunk in stream:
-            usage = chunk.usage or usage
-            for ch in chunk.choices:
-                r = (ch.delta.model_extra or {}).get("reasoning_content")
-                if r:
-                    reasoning.append(r)
-                if ch.delta.content:
-                    content.append(ch.delta.content)
-        assert "".join(reasoning) == "Two plus two is 4."
-        assert "".join(content) == "\n\nThe answer is $\\boxed{4}$."
-        assert usage.completion_tokens == 3 and usage.completion_tokens_details.reasoning_tokens == 2
+        got = read_stream(stream)
+        assert got.reasoning == "Two plus two is 4."
+        assert got.content == "\n\nThe answer is $\\boxed{4}$."
+        assert got.usage.completion_tokens == 3 and got.usage.completion_tokens_details.reasoning_tokens == 2
     finally:
         server.should_exit = True
         t.join(5)

@@ -10,31 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import httpx
 import pytest
-from net_helpers import fake_upstream, free_port, read_request, wait_http_ok
+from net_helpers import fake_upstream, free_port, read_request, start_app, wait_http_ok
 
 from stopwise.data import bundled_path
-
-
-
-def start(settings, backend=None):
-    import uvicorn
-
-    from stopwise.server.app import create_app
-
-    app = create_app(settings, backend=backend)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return f"http://127.0.0.1:{port}", server, t
 
 
 def live_generations(url: str) -> int:
@@ -47,7 +29,7 @@ def upstream():
     from stopwise.server.settings import ServeSettings
 
     spec = f"trace:{bundled_path('qwq_gsm8k')}?rate=200"
-    url, server, t = start(ServeSettings(backend=spec, max_tokens_limit=100000))
+    url, server, t = start_app(ServeSettings(backend=spec, max_tokens_limit=100000))
     yield url
     server.should_exit = True
     t.join(5)
@@ -57,7 +39,7 @@ def upstream():
 def front(upstream):
     from stopwise.server.settings import ServeSettings
 
-    url, server, t = start(ServeSettings(backend=upstream, upstream_timeout_s=5, max_tokens_limit=100000))
+    url, server, t = start_app(ServeSettings(backend=upstream, upstream_timeout_s=5, max_tokens_limit=100000))
     yield url
     server.should_exit = True
     t.join(5)
@@ -96,7 +78,7 @@ def test_upstream_killed_mid_stream_ends_the_client_stream_cleanly(tmp_path):
     try:
         up = f"http://127.0.0.1:{port}"
         assert wait_http_ok(up + "/health", 60), "the upstream did not start"
-        url, server, t = start(ServeSettings(backend=up, upstream_timeout_s=3))
+        url, server, t = start_app(ServeSettings(backend=up, upstream_timeout_s=3))
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
         t0 = time.monotonic()
         got, errors = [], []
@@ -144,7 +126,7 @@ def test_bad_upstreams_give_a_clean_error_in_bounded_time(kind):
     else:
         up, close = fake_upstream(stall if kind == "stall" else garbage)
     try:
-        url, server, t = start(ServeSettings(backend=up, upstream_timeout_s=1.5))
+        url, server, t = start_app(ServeSettings(backend=up, upstream_timeout_s=1.5))
 
         client = OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
         t0 = time.monotonic()

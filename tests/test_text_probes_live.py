@@ -13,14 +13,6 @@ pytest.importorskip("tokenizers")
 SETS = ("qwq_gsm8k", "r1_gsm8k", "dsq_gsm8k")
 
 
-def pieces_of(text, tok):
-    out, prev = [], 0
-    for end in tok.tokenize(text).ends:
-        out.append(text[prev:end] if end > prev else "")
-        prev = max(prev, end)
-    return out
-
-
 @pytest.mark.parametrize("name", SETS)
 def test_streamed_scanner_finds_the_imported_probes(name):
     from stopwise.traces.io import read_trace_set
@@ -31,7 +23,7 @@ def test_streamed_scanner_finds_the_imported_probes(name):
     ts = read_trace_set(bundled_path(name))
     rows = ts.chains.select(["text", "n_tokens", "probe_position", "probe_answer", "probe_cue"]).slice(0, 40).to_pylist()
     for r in rows:
-        pieces = pieces_of(r["text"], tok)
+        pieces = tok.tokenize(r["text"]).pieces(r["text"])
         assert len(pieces) == r["n_tokens"]
         sc, got, asked = TextProbeScanner(), {}, 0
         for p in pieces:  # ask each position as soon as the scanner says it is final, as the live driver does

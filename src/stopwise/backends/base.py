@@ -256,7 +256,20 @@ class ScheduledChainHandle(ChainHandle):
         return [((position, cue), cue) for cue in self.schedule.at(_StepTexts(self.steps), position, finished)]
 
 
-class StreamChainHandle(ScheduledChainHandle):
+class UpstreamStreamChain(ChainHandle):
+    """A chain read from a backend's stream (``_iter``); ``cancel`` closes it, which stops it upstream."""
+
+    _iter: Any
+    _done: bool
+
+    async def cancel(self) -> None:
+        if not self._done:
+            self._done = True
+            self.finish_reason = "cancelled"
+            await self._iter.aclose()
+
+
+class StreamChainHandle(ScheduledChainHandle, UpstreamStreamChain):
     """A :class:`ChainHandle` over any backend: tokens from :meth:`Backend.stream`,
     probes through :meth:`Backend.continue_prefix` on the prefix text."""
 
@@ -287,12 +300,6 @@ class StreamChainHandle(ScheduledChainHandle):
         position, cue = key
         text, lp, prefill, dec = await self.backend.continue_prefix(self.prompt, self.steps[:position], self.forcing, self.probe_max_tokens)
         return ProbeOutcome(text, lp, prefill + dec, cue)
-
-    async def cancel(self) -> None:
-        if not self._done:
-            self._done = True
-            self.finish_reason = "cancelled"
-            await self._iter.aclose()
 
     @property
     def text(self) -> str:

@@ -20,7 +20,7 @@ import math
 from collections import deque
 from typing import Any
 
-from stopwise.backends.base import ChainHandle, ProbeOutcome, Sampling, TokenStep
+from stopwise.backends.base import ProbeOutcome, Sampling, TokenStep, UpstreamStreamChain
 from stopwise.traces.textprobes import TextProbeScanner
 
 #: the families whose decisions a text-probe chain supports (they read answers the chain stated,
@@ -29,7 +29,7 @@ TEXT_PROBE_FAMILIES = ("first_candidate", "answer_convergence", "token_budget")
 TOKEN_SIGNAL_FAMILIES = ("entropy_monitor", "deepconf_online")
 
 
-class TextProbeChain(ChainHandle):
+class TextProbeChain(UpstreamStreamChain):
     """One streamed chain with text-derived probes.
 
     Parameters
@@ -83,24 +83,8 @@ class TextProbeChain(ChainHandle):
     async def probe(self, key: Any) -> ProbeOutcome:
         position, cue = key
         hit = self.scanner.probe_at(position)
-        answer = hit[1] if hit is not None else self.stated_answer(position)
+        answer = hit[1] if hit is not None else None
         return ProbeOutcome(text=answer, logprob=math.nan, cost=0, cue=cue, answer=answer)
-
-    def stated_answer(self, position: int) -> str | None:
-        """The last answer stated in the chain's first ``position`` tokens."""
-        from stopwise.answers import find_candidates
-
-        end = self.scanner.ends[position - 1] if 0 < position <= len(self.scanner.ends) else 0
-        ans = None
-        for c in find_candidates(self.scanner.text[:end]):
-            ans = c.answer
-        return ans
-
-    async def cancel(self) -> None:
-        if not self._done:
-            self._done = True
-            self.finish_reason = "cancelled"
-            await self._iter.aclose()
 
     @property
     def text(self) -> str:

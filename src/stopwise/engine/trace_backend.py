@@ -177,14 +177,7 @@ class TraceStreamBackend:
                     self._tokenizer = Tokenizer.qwen25()
                 except StopwiseError:
                     self._tokenizer = RegexTokenizer()  # approximate positions without the tokenize extra
-            text = row["text"]
-            pieces, prev = [], 0
-            for end in self._tokenizer.tokenize(text).ends:
-                pieces.append(text[prev:end] if end > prev else "")
-                prev = max(prev, end)
-            if prev < len(text) and pieces:
-                pieces[-1] += text[prev:]
-            row["_pieces"] = pieces
+            row["_pieces"] = self._tokenizer.tokenize(row["text"]).pieces(row["text"])
         return row["_pieces"]
 
     async def stream(self, prompt: str, sampling, *, logprobs: bool = True):  # noqa: ANN001, ANN201

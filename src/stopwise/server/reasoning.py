@@ -83,23 +83,16 @@ class ReasoningOutput:
             elif self.splitter is not None:
                 self.reasoning_tokens += 1
         if self.split:
-            return [("reasoning_content" if kind == "reasoning" else "content", piece) for kind, piece in pieces]
+            return _fields(pieces)
         if self.inline_open:
             text, self.inline_open = self.inline_open + text, ""
         return [("content", text)]
 
     def flush(self) -> list[tuple[str, str]]:
         pieces = self.splitter.flush() if self.splitter is not None else []
-        if not self.split:
-            return []
-        return [("reasoning_content" if kind == "reasoning" else "content", piece) for kind, piece in pieces]
+        return _fields(pieces) if self.split else []
 
-    def whole(self, raw: str) -> tuple[str, str | None]:
-        """A whole text's ``(content, reasoning)`` (reasoning None where it is not split off)."""
-        if not self.split:
-            open_text, self.inline_open = self.inline_open, ""
-            return open_text + raw, None
-        from stopwise.backends.profiles import split_reasoning
 
-        reasoning, content = split_reasoning(self.profile, raw)
-        return content, reasoning
+def _fields(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The splitter's ``(kind, text)`` pieces as response fields (``reasoning_content`` or ``content``)."""
+    return [("reasoning_content" if kind == "reasoning" else "content", piece) for kind, piece in pieces]

@@ -42,6 +42,17 @@ class TokenizedText:
     def n_tokens(self) -> int:
         return len(self.ends)
 
+    def pieces(self, text: str) -> list[str]:
+        """``text`` cut at the token ends: each token's text, in order (a token that ends inside a
+        character already given to the one before it is empty; the text after the last end goes to the last)."""
+        out, prev = [], 0
+        for end in self.ends:
+            out.append(text[prev:end] if end > prev else "")
+            prev = max(prev, end)
+        if prev < len(text) and out:
+            out[-1] += text[prev:]
+        return out
+
     def token_position(self, char_pos: int) -> int:
         """Number of tokens that end at or before ``char_pos`` (a stop after that many tokens)."""
         return bisect.bisect_right(self.ends, char_pos)
